@@ -1,0 +1,61 @@
+"""The config schema: the shipped config validates, defaults fill in, wrong keys fail by name."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_snakemake, small_demo_config
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def load_shipped_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+
+
+def test_shipped_config_validates_and_defaults_fill_in():
+    config = load_shipped_config()
+    validate(config, SCHEMA)
+    assert config["data"]["max_image_pixels"] == 40_000_000  # a default from the schema
+    assert config["demo"]["model"]["text_hidden_size"] == 128  # a nested default
+
+
+def test_a_short_config_is_enough():
+    config = {}
+    validate(config, SCHEMA)
+    assert config["data"]["train"] == "resources/demo/train.json"
+    assert config["model"]["name_or_path"] == "resources/demo/tiny-qwen2-vl"
+
+
+def test_schema_describes_every_key():
+    def walk(node, path):
+        for key, child in node.get("properties", {}).items():
+            assert child.get("description"), f"{path}{key} has no description"
+            assert "default" in child, f"{path}{key} has no default"
+            walk(child, f"{path}{key}.")
+
+    walk(yaml.safe_load(Path(SCHEMA).read_text(encoding="utf-8")), "")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"data": {"on_eror": "skip"}}, "on_eror"),
+        ({"data": {"on_error": "ignore"}}, "ignore"),
+        ({"demo": {"flip_fraction": 1.5}}, "1.5"),
+        ({"trian": {}}, "trian"),
+    ],
+)
+def test_a_wrong_key_or_value_fails_naming_it(change, named):
+    with pytest.raises(WorkflowError) as failure:
+        validate(change, SCHEMA)
+    assert named in str(failure.value)
+
+
+def test_snakemake_refuses_a_misspelt_key_at_start(tmp_path):
+    config = small_demo_config(tmp_path, data={"on_eror": "skip"})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "on_eror" in result.stdout + result.stderr

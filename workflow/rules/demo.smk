@@ -1,0 +1,35 @@
+# The embedded demo world: a generated MIRE-format dataset and a tiny random-weight Qwen2-VL,
+# both from config["demo"]. They are built only when data.* and model.* point at them.
+
+
+rule make_demo_dataset:
+    input:
+        labels=config["labels"],
+    output:
+        train="resources/demo/train.json",
+        test="resources/demo/test.json",
+        truth="resources/demo/truth.csv",
+        images=directory("resources/demo/images"),
+    params:
+        demo=config["demo"],
+    log:
+        "logs/demo/make_demo_dataset.log",
+    benchmark:
+        "benchmarks/demo/make_demo_dataset.tsv"
+    script:
+        "../scripts/make_demo_dataset.py"
+
+
+rule build_tiny_model:
+    input:
+        labels=config["labels"],
+    output:
+        model=directory(DEMO_MODEL_DIR),
+    params:
+        demo=config["demo"],
+    log:
+        "logs/demo/build_tiny_model.log",
+    benchmark:
+        "benchmarks/demo/build_tiny_model.tsv"
+    script:
+        "../scripts/build_tiny_model.py"

@@ -1,0 +1,21 @@
+# Data ingestion: every record of a split validated and normalised to one parquet table;
+# bad records fail the run or go to the rejected table, per data.on_error.
+
+
+rule ingest_records:
+    input:
+        data=data_file,
+        labels=config["labels"],
+    output:
+        records="results/data/{split}.parquet",
+        rejected="results/data/{split}_rejected.csv",
+        counts="results/data/{split}_counts.json",
+    params:
+        image_dir=config["data"]["image_dir"],
+        root=config["data"]["root"],
+        max_image_pixels=config["data"]["max_image_pixels"],
+        on_error=config["data"]["on_error"],
+    log:
+        "logs/ingest/{split}.log",
+    script:
+        "../scripts/ingest_records.py"

@@ -1,0 +1,17 @@
+"""Validate one split's records into results/data/{split}.parquet (+ rejected table and counts)."""
+
+from vlmflow.ingest import ingest_records, write_ingest_outputs
+from vlmflow.labels import label_names, load_labels
+from vlmflow.logfile import log_to
+
+log_to(snakemake.log[0])
+result = ingest_records(
+    snakemake.input.data,
+    label_set=label_names(load_labels(snakemake.input.labels)),
+    labelled=snakemake.wildcards.split == "train",
+    image_dir=snakemake.params.image_dir,
+    root=snakemake.params.root,
+    max_image_pixels=snakemake.params.max_image_pixels,
+    on_error=snakemake.params.on_error,
+)
+write_ingest_outputs(result, snakemake.output.records, snakemake.output.rejected, snakemake.output.counts)
