@@ -41,15 +41,23 @@ def label_names(labels: list[Label]) -> list[str]:
     return [label.name for label in labels]
 
 
-# Verbatim from the recipe (../shared/MIRE.md), with the label list filled in as compact JSON.
-BASELINE_PROMPT_TEMPLATE = (
+# Verbatim from the recipe (../shared/MIRE.md): the head, then the label list as compact JSON.
+PROMPT_HEAD = (
     "<image>\n你是一个电商领域识图专家,可以理解消费者上传的软件截图或实物拍摄图。"
     "现在,请你对消费者上传的图片进行分类。你只需要回答图片分类结果,不需要其他多余的话。"
-    "以下是可以参考的分类标签,分类标签:{label_list}。"
 )
+
+
+def compact_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def baseline_prompt(labels: list[Label]) -> str:
     """The recipe's baseline prompt, ``<image>`` placeholder first."""
-    label_list = json.dumps(label_names(labels), ensure_ascii=False, separators=(",", ":"))
-    return BASELINE_PROMPT_TEMPLATE.format(label_list=label_list)
+    return f"{PROMPT_HEAD}以下是可以参考的分类标签,分类标签:{compact_json(label_names(labels))}。"
+
+
+def described_prompt(labels: list[Label]) -> str:
+    """The baseline with each label's description, labels and descriptions as one JSON object."""
+    described = {label.name: label.description or label.name for label in labels}
+    return f"{PROMPT_HEAD}以下是可以参考的分类标签及其描述(JSON):{compact_json(described)}。"

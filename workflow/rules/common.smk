@@ -1,16 +1,26 @@
 # Helpers and input functions shared by every stage. Logic lives in src/vlmflow; this file only wires.
+import sys
 from pathlib import Path
 
-from vlmflow.labels import label_names, load_labels
+# common.smk imports the library straight from src/; jobs import the installed one (`make install`).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from vlmflow.labels import load_labels
 
 SPLITS = ["train", "test"]
 DEMO_MODEL_DIR = "resources/demo/tiny-qwen2-vl"
+DEEPSPEED_DIR = Path(workflow.basedir) / "config" / "deepspeed"
+VARIANTS = {variant["name"]: variant for variant in config["variants"]}
+FOLDS = list(range(config["train"]["folds"]))
 
 LABELS = load_labels(config["labels"])
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    variant="|".join(VARIANTS),
+    fold=r"\d+",
+    shard=r"\d+",
 
 
 def data_file(wildcards):
@@ -24,8 +34,36 @@ def base_model():
     return [path] if path == DEMO_MODEL_DIR else []
 
 
+def variant_settings(wildcards):
+    return VARIANTS[wildcards.variant]
+
+
+def ocr_table_if_needed(wildcards):
+    """Only variants that put OCR text in the prompt or the reason wait for OCR."""
+    settings = VARIANTS[wildcards.variant]
+    return "results/ocr/ocr.parquet" if settings["ocr"] or settings["reason"] else []
+
+
+def ocr_engine_options():
+    """Engine-specific options: PaddleOCR's local model folders; RapidOCR needs none."""
+    return config["ocr"]["paddle"] if config["ocr"]["engine"] == "paddleocr" else {}
+
+
+def deepspeed_config():
+    name = config["train"]["deepspeed"]
+    return [] if name == "none" else str(DEEPSPEED_DIR / f"{name}.json")
+
+
+def truth_file():
+    """The truth file (evaluation only) when one is configured."""
+    return config["data"]["truth"] or []
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),
         *base_model(),
+        *expand("results/{variant}/prompts.parquet", variant=VARIANTS),
+        "results/folds/folds.csv",
+        "results/summary/variants.md",
     ]

@@ -10,12 +10,14 @@ rule make_demo_dataset:
         test="resources/demo/test.json",
         truth="resources/demo/truth.csv",
         images=directory("resources/demo/images"),
-    params:
-        demo=config["demo"],
     log:
         "logs/demo/make_demo_dataset.log",
     benchmark:
         "benchmarks/demo/make_demo_dataset.tsv"
+    conda:
+        "../../envs/core.yaml"
+    params:
+        demo=config["demo"],
     script:
         "../scripts/make_demo_dataset.py"
 
@@ -25,11 +27,13 @@ rule build_tiny_model:
         labels=config["labels"],
     output:
         model=directory(DEMO_MODEL_DIR),
-    params:
-        demo=config["demo"],
     log:
         "logs/demo/build_tiny_model.log",
     benchmark:
         "benchmarks/demo/build_tiny_model.tsv"
+    conda:
+        "../../envs/core.yaml"
+    params:
+        demo=config["demo"],
     script:
         "../scripts/build_tiny_model.py"

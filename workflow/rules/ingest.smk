@@ -10,12 +10,14 @@ rule ingest_records:
         records="results/data/{split}.parquet",
         rejected="results/data/{split}_rejected.csv",
         counts="results/data/{split}_counts.json",
+    log:
+        "logs/ingest/{split}.log",
+    conda:
+        "../../envs/core.yaml"
     params:
         image_dir=config["data"]["image_dir"],
         root=config["data"]["root"],
         max_image_pixels=config["data"]["max_image_pixels"],
         on_error=config["data"]["on_error"],
-    log:
-        "logs/ingest/{split}.log",
     script:
         "../scripts/ingest_records.py"

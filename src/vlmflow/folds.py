@@ -1,0 +1,67 @@
+"""Stratified K-fold assignment, seeded, shared by every prompt variant so comparisons are paired."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+log = logging.getLogger(__name__)
+
+
+def assign_folds(records: pd.DataFrame, n_folds: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Give every labelled record a held-out fold in 0..n_folds-1; return (id, label, fold) and a report.
+
+    Classes with at least ``n_folds`` members go through scikit-learn's StratifiedKFold. Smaller
+    classes cannot appear in every fold: their members are dealt to distinct folds in turn (seeded),
+    and the report names them, since a held-out member may be predicted by a model that never saw
+    its class.
+    """
+    if n_folds < 2:
+        raise ValueError(f"train.folds must be at least 2, got {n_folds}")
+    if len(records) < n_folds:
+        raise ValueError(f"{len(records)} training records cannot be split into {n_folds} folds")
+    labels = records["label"].astype(str).to_numpy()
+    sizes = pd.Series(labels).value_counts()
+    is_small = pd.Series(labels).map(sizes).to_numpy() < n_folds
+    fold = np.empty(len(records), dtype=int)
+    if (~is_small).any():
+        large = np.flatnonzero(~is_small)
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        for index, (_, held_out) in enumerate(splitter.split(np.zeros(len(large)), labels[large])):
+            fold[large[held_out]] = index
+    small = np.flatnonzero(is_small)
+    if len(small):
+        order = np.random.default_rng(seed).permutation(len(small))
+        dealt = small[order][
+            np.argsort(labels[small][order], kind="stable")
+        ]  # grouped by class, shuffled within
+        start = np.bincount(fold[~is_small], minlength=n_folds).argmin() if (~is_small).any() else 0
+        fold[dealt] = (start + np.arange(len(dealt))) % n_folds
+    folds = pd.DataFrame({"id": records["id"].to_numpy(), "label": labels, "fold": fold})
+    class_sizes = folds["label"].value_counts().sort_index()
+    small = {label: int(size) for label, size in class_sizes.items() if size < n_folds}
+    if small:
+        log.warning("classes with fewer members than %d folds (not in every fold): %s", n_folds, small)
+    report = {
+        "n_folds": n_folds,
+        "seed": seed,
+        "fold_sizes": {int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},
+        "class_sizes": {label: int(size) for label, size in class_sizes.items()},
+        "classes_smaller_than_n_folds": small,
+    }
+    return folds, report
+
+
+def fold_training_part(prompts: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The labelled training prompts whose record is not held out in ``fold``."""
+    train = prompts[(prompts["split"] == "train") & prompts["target"].notna()]
+    return train[~train["id"].isin(folds.loc[folds["fold"] == fold, "id"])]
+
+
+def held_out_part(prompts: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The training prompts held out in ``fold``: the fold model predicts them out of fold."""
+    train = prompts[prompts["split"] == "train"]
+    return train[train["id"].isin(folds.loc[folds["fold"] == fold, "id"])]

@@ -1,0 +1,183 @@
+"""MLflow layout: one experiment, one parent run per prompt variant, one nested child run per fold.
+
+Training jobs run in parallel against one SQLite store; SQLite allows one writer at a time, so
+every write of ours goes through ``retry_locked``, and the experiment is created once with an
+absolute artifact location (a SQLite store without a server otherwise puts artifacts relative to
+whichever process created the experiment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def absolute_tracking_uri(uri: str, workdir: str | Path = ".") -> str:
+    """Make a relative ``sqlite:///results/mlflow.db`` absolute, so every job writes to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        path = (Path(workdir) / uri[len(prefix) :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{path}"
+    return uri
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
+    """Run an MLflow call, retrying with jittered backoff while SQLite says the database is locked."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as error:
+            if "database is locked" not in str(error) or attempt == attempts - 1:
+                raise
+            delay = 0.2 * 2**attempt * (1 + random.random())
+            log.warning("MLflow store is locked, retrying in %.1f s", delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | Path) -> str:
+    """Return the experiment's id, creating it with an absolute artifact location if needed."""
+    experiment = retry_locked(lambda: client.get_experiment_by_name(name))
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(artifact_root).resolve().as_uri()
+    try:
+        return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # another job created it between our look-up and our create
+        return retry_locked(lambda: client.get_experiment_by_name(name)).experiment_id
+
+
+def config_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+def git_commit(repo: str | Path = ".") -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
+        return result.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def start_variant_run(client: MlflowClient, experiment_id: str, variant: str, settings: dict) -> str:
+    """Create the variant's parent run and return its id; its children are the fold fine-tunes."""
+    tags = {
+        "variant": variant,
+        "config_hash": config_hash(settings),
+        "git_commit": git_commit(),
+        "level": "variant",
+    }
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=variant))
+    retry_locked(lambda: client.log_batch(run.info.run_id, params=flatten_params(settings, "variant")))
+    return run.info.run_id
+
+
+def start_fold_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int
+) -> str:
+    """Create a nested child run for one fold; LLaMA-Factory's callback then logs into it via MLFLOW_RUN_ID."""
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "variant": variant,
+        "fold": str(fold),
+        "level": "fold",
+    }
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=f"{variant}/fold{fold}"))
+    return run.info.run_id
+
+
+def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
+    """Environment for ``llamafactory-cli train`` so that ``report_to: mlflow`` logs into ``run_id``."""
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_NAME": experiment,
+        "MLFLOW_RUN_ID": run_id,
+        "HF_MLFLOW_LOG_ARTIFACTS": "0",  # model weights stay in results/, not copied into the store
+    }
+
+
+def log_results(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]
+) -> None:
+    """Log final metrics and artifact files to a run, and mark it finished."""
+    entries = [
+        mlflow.entities.Metric(key, float(value), int(time.time() * 1000), 0)
+        for key, value in metrics.items()
+    ]
+    retry_locked(lambda: client.log_batch(run_id, metrics=entries))
+    for path in artifacts:
+        if Path(path).exists():
+            retry_locked(lambda path=path: client.log_artifact(run_id, os.fspath(path)))
+
+
+def finish_run(client: MlflowClient, run_id: str) -> None:
+    retry_locked(lambda: client.set_terminated(run_id, "FINISHED"))
+
+
+def read_run(path: str | Path) -> dict:
+    """A run reference written by ``write_run``: tracking URI, experiment name and id, run id."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_run(path: str | Path, tracking_uri: str, experiment: str, experiment_id: str, run_id: str) -> None:
+    reference = {
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "experiment_id": experiment_id,
+        "run_id": run_id,
+    }
+    Path(path).write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+
+
+def flatten_params(settings: dict, prefix: str) -> list:
+    """MLflow params from a (possibly nested) dict, keys joined with dots under ``prefix``."""
+    params = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            params += flatten_params(value, f"{prefix}.{key}")
+        else:
+            params.append(mlflow.entities.Param(f"{prefix}.{key}", str(value)[:6000]))
+    return params
+
+
+def log_fold_training(
+    client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path
+) -> None:
+    """Attach the fold's LLaMA-Factory YAML (as params and as a file), loss plot and trainer state."""
+    settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    retry_locked(lambda: client.log_batch(run_id, params=flatten_params(settings, "llamafactory")))
+    model_dir = Path(model_dir)
+    artifacts = [config_path, *sorted(model_dir.glob("training_*loss.png")), model_dir / "trainer_state.json"]
+    log_results(client, run_id, {}, artifacts)
+
+
+def log_variant_results(
+    parent: dict, fold_runs: list[dict], metrics: dict, fold_metrics: list[dict], artifacts: list[str | Path]
+) -> None:
+    """Log each fold's held-out metrics to its child run, the variant's to the parent, and close the parent."""
+    client = MlflowClient(parent["tracking_uri"])
+    by_fold = {int(row["fold"]): row for row in fold_metrics}
+    for fold, run in enumerate(fold_runs):
+        row = by_fold[fold]
+        log_results(client, run["run_id"], {f"heldout_{k}": v for k, v in row.items() if k != "fold"}, [])
+    log_results(client, parent["run_id"], metrics, artifacts)
+    finish_run(client, parent["run_id"])

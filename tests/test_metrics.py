@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from vlmflow.metrics import evaluate_variant, mean_fold_probabilities, per_class_report, plot_confusion_matrix
+
+LABELS = ["退款页面", "退货页面", "支付页面"]
+
+
+def predictions(ids, probabilities):
+    table = pd.DataFrame(probabilities, columns=[f"p::{label}" for label in LABELS])
+    table.insert(0, "id", ids)
+    table["predicted"] = [LABELS[i] for i in np.argmax(probabilities, axis=1)]
+    return table
+
+
+def test_out_of_fold_metrics_use_the_given_labels_and_the_competition_f1():
+    fold0 = predictions(["a", "b"], [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1]])
+    fold1 = predictions(["c", "d"], [[0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    given = pd.DataFrame({"id": list("abcd"), "label": ["退款页面", "退货页面", "支付页面", "退货页面"]})
+    test = [predictions(["t"], [[0.5, 0.4, 0.1]]), predictions(["t"], [[0.1, 0.2, 0.7]])]
+    metrics, per_fold, oof, mean_test = evaluate_variant({0: fold0, 1: fold1}, test, given, truth=None)
+    expected = f1_score(given["label"], ["退款页面", "退货页面", "支付页面", "退款页面"], average="weighted")
+    assert metrics["oof_weighted_f1"] == pytest.approx(expected)
+    assert metrics["oof_accuracy"] == 0.75
+    assert per_fold["accuracy"].tolist() == [1.0, 0.5]
+    assert list(oof["fold"]) == [0, 0, 1, 1]
+    assert mean_test.loc[0, "predicted"] == "支付页面"  # mean of (0.5,0.4,0.1) and (0.1,0.2,0.7)
+
+
+def test_truth_adds_test_metrics_and_out_of_fold_metrics_against_true_labels():
+    fold0 = predictions(["a", "b"], [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1]])
+    given = pd.DataFrame({"id": ["a", "b"], "label": ["退款页面", "支付页面"]})  # b's label was flipped
+    truth = pd.DataFrame(
+        {
+            "id": ["a", "b", "t"],
+            "split": ["train", "train", "test"],
+            "label": ["退款页面", "退货页面", "支付页面"],
+        }
+    )
+    metrics, *_ = evaluate_variant({0: fold0}, [predictions(["t"], [[0.1, 0.1, 0.8]])], given, truth)
+    assert metrics["oof_accuracy"] == 0.5 and metrics["oof_vs_truth_accuracy"] == 1.0
+    assert metrics["test_accuracy"] == 1.0 and metrics["test_n"] == 1
+
+
+def test_mean_probabilities_keep_rows_summing_to_one():
+    tables = [
+        predictions(["x", "y"], [[0.2, 0.3, 0.5], [1, 0, 0]]),
+        predictions(["x", "y"], [[0.4, 0.5, 0.1], [0, 1, 0]]),
+    ]
+    mean = mean_fold_probabilities(tables)
+    assert np.allclose(mean.filter(like="p::").sum(axis=1), 1.0)
+    assert mean.set_index("id").loc["x", "p::退货页面"] == pytest.approx(0.4)
+
+
+def test_per_class_report_and_confusion_matrix_image(tmp_path):
+    truth = pd.Series(["退款页面", "退货页面", "支付页面", "支付页面"])
+    predicted = pd.Series(["退款页面", "支付页面", "支付页面", "支付页面"])
+    report = per_class_report(truth, predicted, LABELS)
+    assert report.set_index("label").loc["支付页面", "precision"] == pytest.approx(2 / 3)
+    assert report["support"].tolist() == [1, 1, 2]
+    plot_confusion_matrix(truth, predicted, LABELS, tmp_path / "cm.png", "demo")
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,98 @@
+import json
+
+import pandas as pd
+import pytest
+
+from vlmflow.labels import Label, baseline_prompt
+from vlmflow.prompts import (
+    PromptTooLongError,
+    PromptVariant,
+    answer_around_label,
+    build_prompt,
+    build_prompt_table,
+    build_target,
+    to_sharegpt,
+    write_llamafactory_dataset,
+)
+
+LABELS = [Label("退款页面", "含有退款信息的页面"), Label("支付页面", "包含支付方式选择、支付成功的页面")]
+
+
+def records():
+    return pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "split": ["train", "test"],
+            "image_path": ["/d/a.jpg", "/d/b.jpg"],
+            "image_sha256": ["s1", "s2"],
+            "label": ["退款页面", None],
+        }
+    )
+
+
+def test_baseline_variant_is_the_recipe_prompt_and_the_label_is_the_target():
+    variant = PromptVariant("baseline")
+    assert build_prompt(variant, LABELS, "退款成功") == baseline_prompt(LABELS)
+    assert build_target(variant, "退款页面", None) == "退款页面"
+
+
+def test_switches_compose():
+    variant = PromptVariant("all", label_descriptions=True, ocr=True, ocr_max_chars=6, reason=True)
+    prompt = build_prompt(variant, LABELS, "退款  成功 金额 ¥12")
+    assert '"退款页面":"含有退款信息的页面"' in prompt
+    assert prompt.count("图片中的OCR文字:退款 成功 ") == 1 and "金额" not in prompt  # 6-character budget
+    assert "依次给出理由、所属类别" in prompt
+
+
+def test_reason_target_is_json_in_the_configured_order():
+    first = json.loads(build_target(PromptVariant("r", reason=True), "支付页面", "有支付宝"))
+    assert list(first) == ["理由", "所属类别"] and first["所属类别"] == "支付页面"
+    last = build_target(PromptVariant("r", reason=True, reason_first=False), "支付页面", "有支付宝")
+    assert list(json.loads(last)) == ["所属类别", "理由"]
+
+
+def test_answer_around_label_rebuilds_the_target_around_any_label():
+    for variant in (PromptVariant("b"), PromptVariant("r", reason=True)):
+        before, after = answer_around_label(variant, "有支付宝")
+        assert before + "支付页面" + after == build_target(variant, "支付页面", "有支付宝")
+    before, after = answer_around_label(PromptVariant("r", reason=True, reason_first=False))
+    assert (before, after) == ('{"所属类别": "', '"')
+
+
+def test_prompt_table_uses_ocr_by_sha256_and_leaves_test_targets_empty():
+    table = build_prompt_table(
+        records(), {"s1": "退款成功", "s2": "支付宝"}, PromptVariant("ocr", ocr=True), LABELS
+    )
+    assert table["prompt"].str.endswith("图片中的OCR文字:退款成功").tolist() == [True, False]
+    assert table["target"].tolist() == ["退款页面", None]
+    assert (table["n_chars"] == table["prompt"].str.len()).all()
+
+
+def test_template_reason_respects_the_length_limit():
+    variant = PromptVariant("r", reason=True, reason_max_chars=10)
+    table = build_prompt_table(records(), {"s1": "退款成功 金额"}, variant, LABELS)
+    assert len(json.loads(table.loc[0, "target"])["理由"]) <= 10
+
+
+def test_length_guard_warns_then_fails_naming_the_record(caplog):
+    variant = PromptVariant("ocr", ocr=True, ocr_max_chars=5000)
+    long_text = {"s1": "字" * 3000, "s2": "短"}
+    build_prompt_table(records(), {"s1": "字" * 200}, variant, LABELS, warn_chars=200, max_chars=9000)
+    assert "above 200 characters" in caplog.text and "a" in caplog.text
+    with pytest.raises(
+        PromptTooLongError, match=r"variant ocr: 1 prompt\(s\) above prompt.max_chars = 2000: a \("
+    ):
+        build_prompt_table(records(), long_text, variant, LABELS, max_chars=2000)
+
+
+def test_sharegpt_export_carries_labelled_rows_and_the_system_prompt(tmp_path):
+    variant = PromptVariant("sys", system_prompt="你是分类器")
+    table = build_prompt_table(records(), {}, variant, LABELS)
+    exported = to_sharegpt(table)
+    assert len(exported) == 1 and exported[0]["system"] == "你是分类器"
+    assert exported[0]["images"] == ["/d/a.jpg"] and exported[0]["messages"][1]["content"] == "退款页面"
+    data_file = write_llamafactory_dataset(table, tmp_path, "train_fold0")
+    info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["train_fold0"]["file_name"] == data_file.name
+    assert info["train_fold0"]["columns"]["system"] == "system"
+    assert json.loads(data_file.read_text(encoding="utf-8")) == exported

@@ -1,0 +1,61 @@
+# Metrics per variant (out-of-fold weighted F1, the competition metric; test metrics when a truth
+# file exists), logged to the variant's MLflow runs, and one summary table across variants.
+
+
+rule evaluate_variant:
+    input:
+        out_of_fold=expand(
+            "results/{{variant}}/fold{fold}/oof_probs.parquet", fold=FOLDS
+        ),
+        test=expand("results/{{variant}}/fold{fold}/test_probs.parquet", fold=FOLDS),
+        train_records="results/data/train.parquet",
+        truth=truth_file(),
+        labels=config["labels"],
+    output:
+        metrics="results/{variant}/metrics.json",
+        fold_metrics="results/{variant}/fold_metrics.csv",
+        out_of_fold="results/{variant}/oof_probs.parquet",
+        test="results/{variant}/test_probs.parquet",
+        report="results/{variant}/per_class_report.csv",
+        confusion_matrix="results/{variant}/confusion_matrix.png",
+    log:
+        "logs/evaluate/{variant}.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/evaluate_variant.py"
+
+
+rule log_variant_to_mlflow:
+    input:
+        parent_run="results/{variant}/mlflow_run.json",
+        fold_runs=expand("results/{{variant}}/fold{fold}/mlflow_run.json", fold=FOLDS),
+        metrics="results/{variant}/metrics.json",
+        fold_metrics="results/{variant}/fold_metrics.csv",
+        report="results/{variant}/per_class_report.csv",
+        confusion_matrix="results/{variant}/confusion_matrix.png",
+    output:
+        logged="results/{variant}/mlflow_logged.json",
+    log:
+        "logs/mlflow/{variant}_metrics.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/log_variant_to_mlflow.py"
+
+
+rule summarize_variants:
+    input:
+        metrics=expand("results/{variant}/metrics.json", variant=VARIANTS),
+        logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
+    output:
+        table="results/summary/variants.csv",
+        markdown="results/summary/variants.md",
+    log:
+        "logs/summary/variants.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        variants=list(VARIANTS),
+    script:
+        "../scripts/summarize_variants.py"

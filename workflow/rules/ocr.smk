@@ -1,0 +1,38 @@
+# OCR of every distinct image of both splits, in shards (one job per core), cached by image sha256.
+# Prompt variants never reach these rules' params, so toggling a variant reruns no OCR job.
+
+
+rule ocr_shard:
+    input:
+        records=expand("results/data/{split}.parquet", split=SPLITS),
+    output:
+        text="results/ocr/shard{shard}.parquet",
+    log:
+        "logs/ocr/shard{shard}.log",
+    benchmark:
+        "benchmarks/ocr/shard{shard}.tsv"
+    conda:
+        "../../envs/ocr.yaml"
+    threads: config["ocr"]["threads"]
+    params:
+        engine=config["ocr"]["engine"],
+        engine_options=ocr_engine_options(),
+        cache_dir=config["ocr"]["cache_dir"],
+        shards=config["ocr"]["shards"],
+    script:
+        "../scripts/ocr_shard.py"
+
+
+rule merge_ocr:
+    input:
+        shards=expand(
+            "results/ocr/shard{shard}.parquet", shard=range(config["ocr"]["shards"])
+        ),
+    output:
+        text="results/ocr/ocr.parquet",
+    log:
+        "logs/ocr/merge.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/merge_ocr.py"

@@ -1,0 +1,23 @@
+# Prompt variants: one prompt table and one LLaMA-Factory dataset per variant. A variant's switches
+# reach its rule through params, so editing one variant reruns only that variant's jobs.
+
+
+rule build_prompts:
+    input:
+        records=expand("results/data/{split}.parquet", split=SPLITS),
+        ocr=ocr_table_if_needed,
+        labels=config["labels"],
+    output:
+        prompts="results/{variant}/prompts.parquet",
+        dataset="results/{variant}/llamafactory/train.json",
+        dataset_info="results/{variant}/llamafactory/dataset_info.json",
+    log:
+        "logs/prompts/{variant}.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        variant=variant_settings,
+        warn_chars=config["prompt"]["warn_chars"],
+        max_chars=config["prompt"]["max_chars"],
+    script:
+        "../scripts/build_prompts.py"

@@ -1,0 +1,46 @@
+# Per-fold full fine-tunes through `llamafactory-cli train`, each a nested MLflow run under its
+# variant's parent run. The fold's YAML is written from config.train; DeepSpeed is used when named.
+
+
+rule start_variant_run:
+    output:
+        run="results/{variant}/mlflow_run.json",
+    log:
+        "logs/mlflow/{variant}.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        variant=variant_settings,
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        experiment=config["mlflow"]["experiment"],
+    script:
+        "../scripts/start_variant_run.py"
+
+
+rule train_fold:
+    input:
+        prompts="results/{variant}/prompts.parquet",
+        folds="results/folds/folds.csv",
+        parent_run="results/{variant}/mlflow_run.json",
+        base_model=base_model(),
+        deepspeed=deepspeed_config(),
+    output:
+        model=directory("results/{variant}/fold{fold}/model"),
+        config="results/{variant}/fold{fold}/llamafactory.yaml",
+        run="results/{variant}/fold{fold}/mlflow_run.json",
+    log:
+        "logs/train/{variant}/fold{fold}.log",
+    benchmark:
+        "benchmarks/train/{variant}/fold{fold}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus_per_run"],
+    params:
+        model=config["model"]["name_or_path"],
+        hyperparameters=config["train"]["hyperparameters"],
+        processes=max(1, config["train"]["gpus_per_run"]),
+        seed=config["train"]["seed"],
+    script:
+        "../scripts/train_fold.py"

@@ -1,0 +1,32 @@
+"""Build one variant's prompts (parquet) and its LLaMA-Factory training dataset."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from vlmflow.labels import load_labels
+from vlmflow.logfile import log_to
+from vlmflow.prompts import PromptVariant, build_prompt_table, write_llamafactory_dataset
+
+log_to(snakemake.log[0])
+records = pd.concat(
+    [pd.read_parquet(path).assign(split=Path(path).stem) for path in snakemake.input.records],
+    ignore_index=True,
+)
+ocr = (
+    pd.read_parquet(snakemake.input.ocr)
+    if snakemake.input.ocr
+    else pd.DataFrame(columns=["image_sha256", "text"])
+)
+prompts = build_prompt_table(
+    records,
+    dict(zip(ocr["image_sha256"], ocr["text"], strict=True)),
+    PromptVariant.from_config(snakemake.params.variant),
+    load_labels(snakemake.input.labels),
+    warn_chars=snakemake.params.warn_chars,
+    max_chars=snakemake.params.max_chars,
+)
+prompts.to_parquet(snakemake.output.prompts, index=False)
+write_llamafactory_dataset(
+    prompts, Path(snakemake.output.dataset).parent, Path(snakemake.output.dataset).stem
+)

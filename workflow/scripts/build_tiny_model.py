@@ -1,0 +1,21 @@
+"""Build the demo's tiny random-weight Qwen2-VL, its tokenizer trained on the demo's own text."""
+
+from vlmflow.demo_dataset import demo_vocabulary
+from vlmflow.labels import baseline_prompt, described_prompt, load_labels
+from vlmflow.logfile import log_to
+from vlmflow.tiny_model import build_tiny_qwen2_vl
+
+log_to(snakemake.log[0])
+labels = load_labels(snakemake.input.labels)
+corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
+size = snakemake.params.demo["model"]
+build_tiny_qwen2_vl(
+    snakemake.output.model,
+    corpus,
+    seed=snakemake.params.demo["seed"],
+    text_hidden_size=size["text_hidden_size"],
+    text_layers=size["text_layers"],
+    vision_depth=size["vision_depth"],
+    vocab_size=size["vocab_size"],
+    max_pixels=size["max_pixels"],
+)
