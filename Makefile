@@ -27,6 +27,9 @@ $(STAMP): requirements/torch.txt requirements/lock.txt pyproject.toml
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
+	@echo; echo "Out-of-fold weighted F1 per variant (results/summary/variants.md):"; echo
+	@cat results/summary/variants.md
+	@echo; echo "Browse every run: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
 
 test: install
 	$(BIN)/python -m pytest

@@ -14,11 +14,36 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running pytest holds snakemake and the CLIs
 
 
+# The demo's CPU training settings, cut to a handful of steps.
+SMALL_TRAINING = {
+    "use_cpu": True,
+    "bf16": False,
+    "flash_attn": "auto",
+    "cutoff_len": 1024,
+    "learning_rate": 1.0e-3,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "eval_steps": 2,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "load_best_model_at_end": False,
+    "freeze_vision_tower": False,
+    "freeze_multi_modal_projector": False,
+    "preprocessing_num_workers": 1,
+    "dataloader_num_workers": 0,
+}
+
+
 def small_demo_config(workdir: Path, **overrides) -> dict:
-    """A demo config small enough for a test: a few dozen images and the tiny model."""
+    """A demo config small enough for a test: a few dozen images, 2 folds, the tiny model on the CPU."""
     config = {
         "labels": str(REPO / "config" / "labels.yaml"),
         "demo": {"n_train": 40, "n_test": 12, "seed": 3, "image_width": 180, "image_height": 320},
+        "variants": [{"name": "baseline"}, {"name": "baseline_ocr", "ocr": True}],
+        "ocr": {"shards": 2},
+        "train": {"folds": 2, "deepspeed": "none", "threads": 2, "hyperparameters": dict(SMALL_TRAINING)},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, small_demo_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from conftest import REPO, run_snakemake, small_demo_config
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 

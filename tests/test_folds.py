@@ -51,9 +51,7 @@ def test_training_part_and_held_out_part_partition_the_labelled_records():
     data = records({"a": 10, "b": 5})
     folds, _ = assign_folds(data, n_folds=5, seed=1)
     prompts = data.assign(split="train", target=data["label"])
-    prompts = pd.concat(
-        [prompts, pd.DataFrame({"id": ["t1"], "label": [None], "split": ["test"], "target": [None]})]
-    )
+    prompts = pd.concat([prompts, pd.DataFrame({"id": ["t1"], "label": [None], "split": ["test"], "target": [None]})])
     for fold in range(5):
         train, held = fold_training_part(prompts, folds, fold), held_out_part(prompts, folds, fold)
         assert set(train["id"]).isdisjoint(held["id"])

@@ -60,9 +60,7 @@ def test_mire_json_is_normalised_to_one_table(data_dir):
 
 def test_dialogue_records_are_filtered_and_counted(data_dir):
     dialogue = {**mire_record("d1", "images/a.jpg"), "instruction": "你是一个电商客服专家,请回答"}
-    result = ingest(
-        write_json(data_dir / "t.json", [mire_record("r1", "images/a.jpg"), dialogue]), on_error="fail"
-    )
+    result = ingest(write_json(data_dir / "t.json", [mire_record("r1", "images/a.jpg"), dialogue]), on_error="fail")
     assert list(result.records["id"]) == ["r1"]
     assert result.counts()["rejected_by_reason"] == {"other_subtask": 1}
 
@@ -143,10 +141,7 @@ def test_each_bad_record_is_named_with_its_problem(tmp_path, make_record, kind, 
     result = ingest(path, on_error="skip", max_image_pixels=5000)
     assert list(result.records["id"]) == ["r1"]
     assert result.rejected.loc[0, "record"] == "t.json record 1"
-    assert (
-        result.rejected.loc[0, "reason"].startswith(f"{kind}: ")
-        and message in result.rejected.loc[0, "reason"]
-    )
+    assert result.rejected.loc[0, "reason"].startswith(f"{kind}: ") and message in result.rejected.loc[0, "reason"]
     assert result.records_in == len(result.records) + len(result.rejected)
 
 
@@ -194,9 +189,7 @@ def test_records_in_equal_records_out_plus_rejected_and_outputs_say_so(data_dir)
         mire_record("r8", "images/c.jpg", "?"),
     ]
     result = ingest(write_json(data_dir / "t.json", records))
-    write_ingest_outputs(
-        result, data_dir / "out.parquet", data_dir / "rejected.csv", data_dir / "counts.json"
-    )
+    write_ingest_outputs(result, data_dir / "out.parquet", data_dir / "rejected.csv", data_dir / "counts.json")
 
     counts = json.loads((data_dir / "counts.json").read_text())
     assert counts == {

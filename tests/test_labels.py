@@ -1,7 +1,8 @@
 import pytest
-from conftest import REPO
 
 from vlmflow.labels import LabelFileError, baseline_prompt, described_prompt, label_names, load_labels
+
+from conftest import REPO
 
 # The recipe's baseline prompt, verbatim from ../shared/MIRE.md.
 RECIPE_BASELINE = (

@@ -60,9 +60,7 @@ def test_answer_around_label_rebuilds_the_target_around_any_label():
 
 
 def test_prompt_table_uses_ocr_by_sha256_and_leaves_test_targets_empty():
-    table = build_prompt_table(
-        records(), {"s1": "退款成功", "s2": "支付宝"}, PromptVariant("ocr", ocr=True), LABELS
-    )
+    table = build_prompt_table(records(), {"s1": "退款成功", "s2": "支付宝"}, PromptVariant("ocr", ocr=True), LABELS)
     assert table["prompt"].str.endswith("图片中的OCR文字:退款成功").tolist() == [True, False]
     assert table["target"].tolist() == ["退款页面", None]
     assert (table["n_chars"] == table["prompt"].str.len()).all()
@@ -79,9 +77,7 @@ def test_length_guard_warns_then_fails_naming_the_record(caplog):
     long_text = {"s1": "字" * 3000, "s2": "短"}
     build_prompt_table(records(), {"s1": "字" * 200}, variant, LABELS, warn_chars=200, max_chars=9000)
     assert "above 200 characters" in caplog.text and "a" in caplog.text
-    with pytest.raises(
-        PromptTooLongError, match=r"variant ocr: 1 prompt\(s\) above prompt.max_chars = 2000: a \("
-    ):
+    with pytest.raises(PromptTooLongError, match=r"variant ocr: 1 prompt\(s\) above prompt.max_chars = 2000: a \("):
         build_prompt_table(records(), long_text, variant, LABELS, max_chars=2000)
 
 

@@ -39,9 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny") / "model", CORPUS, seed=0)
 
 
-def random_image(
-    path: Path | None = None, *, width: int = 64, height: int = 112, seed: int = 0
-) -> Image.Image:
+def random_image(path: Path | None = None, *, width: int = 64, height: int = 112, seed: int = 0) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     if path is not None:
@@ -76,11 +74,7 @@ def test_config_token_ids_match_the_tokenizer(tiny_model_dir: Path) -> None:
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
     assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
-    assert (
-        config.text_config.eos_token_id
-        == tokenizer.eos_token_id
-        == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    )
+    assert config.text_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert config.text_config.vocab_size == len(tokenizer)
     assert config.vision_config.hidden_size == config.text_config.hidden_size
 

@@ -1,11 +1,15 @@
 """Rule-level and end-to-end runs of the workflow on a reduced demo, plus the lint gates."""
 
 import json
+import re
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
+
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 
 
@@ -22,21 +26,72 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     config = small_demo_config(tmp_path)
     run_snakemake(tmp_path, config, "--cores", "2")
 
+    # Ingestion: every generated record arrives, the labels as given (noisy), none for test.
     truth = pd.read_csv(tmp_path / "resources/demo/truth.csv")
     for split, size in (("train", 40), ("test", 12)):
-        records = pd.read_parquet(tmp_path / f"results/data/{split}.parquet")
         counts = json.loads((tmp_path / f"results/data/{split}_counts.json").read_text())
         assert counts["records_in"] == size == counts["records_out"] + counts["rejected"]
-        assert len(records) == size and counts["rejected"] == 0
-        assert set(records["id"]) == set(truth.loc[truth["split"] == split, "id"])
     train = pd.read_parquet(tmp_path / "results/data/train.parquet")
-    given = truth.set_index("id").loc[train["id"], "given_label"]
-    assert list(train["label"]) == list(given)  # the workflow trains on the given (noisy) labels
-    assert pd.read_parquet(tmp_path / "results/data/test.parquet")["label"].isna().all()
-    assert (tmp_path / "resources/demo/tiny-qwen2-vl/config.json").exists()
+    assert list(train["label"]) == list(truth.set_index("id").loc[train["id"], "given_label"])
 
+    # Prompts: the OCR variant carries OCR text, the baseline does not; same records in both.
+    baseline = pd.read_parquet(tmp_path / "results/baseline/prompts.parquet")
+    with_ocr = pd.read_parquet(tmp_path / "results/baseline_ocr/prompts.parquet")
+    assert list(baseline["id"]) == list(with_ocr["id"]) and len(baseline) == 52
+    assert with_ocr["prompt"].str.contains("图片中的OCR文字:").all()
+    assert not baseline["prompt"].str.contains("OCR").any()
+
+    # Scoring: one probability per label per held-out record, summing to 1; every train record once.
+    for variant in ("baseline", "baseline_ocr"):
+        oof = pd.read_parquet(tmp_path / f"results/{variant}/oof_probs.parquet")
+        probabilities = oof.filter(like="p::")
+        assert probabilities.shape[1] == 25 and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert sorted(oof["id"]) == sorted(train["id"])
+        test = pd.read_parquet(tmp_path / f"results/{variant}/test_probs.parquet")
+        assert len(test) == 12
+        metrics = json.loads((tmp_path / f"results/{variant}/metrics.json").read_text())
+        assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
+        assert (tmp_path / f"results/{variant}/fold0/model/training_loss.png").exists()
+    summary = (tmp_path / "results/summary/variants.md").read_text(encoding="utf-8")
+    assert "baseline_ocr" in summary and "out-of-fold weighted F1" in summary
+
+    # MLflow: a parent run per variant, a nested run per fold with its loss curve and metrics.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    experiment = client.get_experiment_by_name("vlmflow")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = {run.data.tags["variant"]: run for run in runs if run.data.tags.get("level") == "variant"}
+    assert set(parents) == {"baseline", "baseline_ocr"}
+    for parent in parents.values():
+        assert parent.info.status == "FINISHED" and "oof_weighted_f1" in parent.data.metrics
+        children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(run.data.tags["fold"] for run in children) == ["0", "1"]
+        for child in children:
+            assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
+            assert "heldout_weighted_f1" in child.data.metrics
+            assert child.data.params["llamafactory.template"] == "qwen2_vl"
+
+    # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(tmp_path, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    config["variants"][1]["ocr_max_chars"] = 50
+    planned = planned_jobs(run_snakemake(tmp_path, config, "--cores", "2", "-n").stdout)
+    assert planned, "changing a variant must rerun something"
+    assert {rule for rule, _ in planned} >= {"build_prompts", "train_fold", "score_fold", "evaluate_variant"}
+    assert not any(rule.startswith("ocr") or rule in ("merge_ocr", "ingest_records") for rule, _ in planned)
+    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_variants"} == {"baseline_ocr"}
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a `snakemake -n` run plans, except the target rule `all`."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        header = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not header or header[1] == "all":
+            continue
+        found = re.search(r"wildcards: (.*)", block)
+        wildcards = dict(item.split("=", 1) for item in found[1].split(", ")) if found else {}
+        jobs.append((header[1], wildcards))
+    return jobs
 
 
 def test_bad_records_stop_the_run_naming_them_and_skip_mode_keeps_count(tmp_path):

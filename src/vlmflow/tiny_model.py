@@ -107,9 +107,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 4000):
     )
 
 
-def tiny_qwen2_vl_config(
-    tokenizer, *, text_hidden_size: int = 128, text_layers: int = 4, vision_depth: int = 2
-):
+def tiny_qwen2_vl_config(tokenizer, *, text_hidden_size: int = 128, text_layers: int = 4, vision_depth: int = 2):
     """A ``Qwen2VLConfig`` at toy size whose token ids match ``tokenizer``."""
     from transformers import Qwen2VLConfig
 

@@ -17,7 +17,7 @@ rule score_fold:
         "benchmarks/score/{variant}/fold{fold}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: config["train"]["threads"]
+    threads: config["score"]["threads"]
     resources:
         gpu=min(1, config["train"]["gpus_per_run"]),
     params:

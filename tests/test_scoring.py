@@ -1,0 +1,234 @@
+"""Label scoring: probabilities over whole label sequences, prefix-shared scoring equal to the naive one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vlmflow.labels import baseline_prompt, label_names, load_labels
+from vlmflow.prompts import PromptVariant, answer_around_label, write_llamafactory_dataset
+from vlmflow.scoring import extract_reason, load_scorer, reason_slot, score_table
+from vlmflow.tiny_model import build_tiny_qwen2_vl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = load_labels(REPO / "config" / "labels.yaml")
+NAMES = label_names(LABELS)
+PROMPT = baseline_prompt(LABELS)
+REASON_BEFORE, REASON_AFTER = answer_around_label(PromptVariant("r", reason=True), "图中有物流轨迹")
+
+
+def random_image(width: int, height: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen2_vl(
+        tmp_path_factory.mktemp("scoring") / "model",
+        [PROMPT, *NAMES],
+        seed=0,
+        text_hidden_size=64,
+        text_layers=2,
+        vision_depth=1,
+        max_pixels=16 * 28 * 28,
+        min_pixels=4 * 28 * 28,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Two shared cores: a second torch thread spins against other processes and slows tiny forwards ~50x.
+    before = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir: Path, one_thread: int):
+    return load_scorer(model_dir, num_threads=one_thread)
+
+
+@pytest.fixture(scope="module")
+def peaked_scorer(model_dir: Path, one_thread: int):
+    # A random model spreads ~1/25 on every label, so probability differences hide position errors;
+    # larger output weights make the distribution peaked and those errors visible.
+    peaked = load_scorer(model_dir, num_threads=one_thread)
+    with torch.no_grad():
+        peaked.model.lm_head.weight.mul_(20.0)
+    return peaked
+
+
+def test_probabilities_are_one_per_label_positive_and_sum_to_one(scorer) -> None:
+    probabilities = scorer.score_labels(random_image(64, 112, 0), PROMPT, NAMES)
+    assert probabilities.shape == (len(NAMES),)
+    assert abs(probabilities.sum() - 1.0) < 1e-6
+    assert (probabilities > 0).all()
+
+
+@pytest.mark.parametrize("before, after", [("", ""), (REASON_BEFORE, REASON_AFTER)], ids=["plain", "reason"])
+def test_prefix_shared_scoring_equals_one_forward_per_label(peaked_scorer, before: str, after: str) -> None:
+    # Portrait and landscape: different image grids give different M-RoPE offsets after the image.
+    for image in (random_image(64, 112, 1), random_image(112, 64, 2)):
+        shared = peaked_scorer.score_labels(image, PROMPT, NAMES, answer_before=before, answer_after=after)
+        naive = peaked_scorer.score_labels_naive(image, PROMPT, NAMES, answer_before=before, answer_after=after)
+        assert np.abs(shared - naive).max() < 1e-4
+        # Log space is the sensitive check: continuation positions off by the image's offset move it ~1e-2.
+        assert np.abs(np.log(shared) - np.log(naive)).max() < 1e-4
+        assert shared.max() > 0.2  # the peaked model does discriminate, so the comparison means something
+
+
+def test_labels_are_tokenized_as_whole_answers(scorer) -> None:
+    answers = scorer.answer_ids(["物流页面-物流跟踪页面", "物流页面-物流异常页面"], REASON_BEFORE, REASON_AFTER)
+    assert all(answer[-1] == scorer.end_of_turn_id for answer in answers)
+    assert answers[0] != answers[1] and answers[0][0] == answers[1][0]  # shared first token, yet told apart
+    text = scorer.tokenizer.decode(answers[0])
+    assert text == f"{REASON_BEFORE}物流页面-物流跟踪页面{REASON_AFTER}<|im_end|>"
+
+
+def test_token_layout_matches_llamafactory_qwen2_vl_template(scorer) -> None:
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    template = get_template_and_fix_tokenizer(scorer.tokenizer, DataArguments(template="qwen2_vl"))
+    image = random_image(1000, 900, 3)  # above LLaMA-Factory's 768 * 768 pre-resize
+    label = "物流页面-物流跟踪页面"
+    for system in (None, "你是电商识图助手。"):
+        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REASON_BEFORE + label}]
+        messages = template.mm_plugin.process_messages(messages, [image], [], [], scorer.processor)
+        prompt_ids, answer_ids = template.encode_oneturn(scorer.tokenizer, messages, system)
+        ours = scorer.encode_prompt(image, PROMPT, system)
+        assert ours["input_ids"][0].tolist() == prompt_ids
+        # LLaMA-Factory's answer ends "<|im_end|>\n"; scoring stops at <|im_end|>.
+        assert scorer.answer_ids([label], REASON_BEFORE)[0] == answer_ids[:-1]
+        theirs = template.mm_plugin.get_mm_inputs([image], [], [], [1], [0], [0], [prompt_ids], scorer.processor)
+        assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    # Skipping LLaMA-Factory's pre-resize changes the pixels: the comparison above can fail.
+    unresized = scorer.processor.image_processor([image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert not torch.equal(unresized, theirs["pixel_values"])
+
+
+@pytest.mark.slow
+def test_label_trained_through_llamafactory_scores_top_on_its_image(model_dir: Path, tmp_path: Path) -> None:
+    # Through llamafactory-cli rather than a hand-written loop: the model learns the workflow's real token
+    # layout (its sharegpt export, the qwen2_vl template), which is what scoring must read back.
+    # About 40 s on 2 cores, mostly the CLI's start-up. Labels with shared prefixes on purpose.
+    trained_labels = ["物流页面-物流列表页面", "物流页面-物流跟踪页面", "退货页面"]
+    system = "你是电商识图助手。"  # a non-default system prompt, carried through training and scoring
+    rows = []
+    for index, label in enumerate(trained_labels):
+        image_path = tmp_path / f"{index}.png"
+        Image.new("RGB", (64, 112), [(200, 30, 30), (30, 200, 30), (30, 30, 200)][index]).save(image_path)
+        rows.append(
+            {"id": str(index), "image_path": str(image_path), "prompt": PROMPT, "target": label, "system": system}
+        )
+    write_llamafactory_dataset(pd.DataFrame(rows), tmp_path / "data", "overfit")
+    settings = {
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "template": "qwen2_vl",
+        "freeze_vision_tower": False,
+        "freeze_multi_modal_projector": False,
+        "dataset": "overfit",
+        "dataset_dir": str(tmp_path / "data"),
+        "cutoff_len": 512,
+        "output_dir": str(tmp_path / "out"),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 3,
+        "num_train_epochs": 40,
+        "learning_rate": 1.0e-2,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "use_cpu": True,
+        "report_to": "none",
+        "seed": 0,
+    }
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cli = Path(sys.executable).parent / "llamafactory-cli"
+    result = subprocess.run([str(cli), "train", str(config_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    trained = load_scorer(tmp_path / "out", num_threads=1)
+    for row in rows:
+        probabilities = trained.score_labels(row["image_path"], PROMPT, NAMES, system=system)
+        assert NAMES[int(np.argmax(probabilities))] == row["target"]
+        assert probabilities.max() > 0.5
+
+
+def prompt_rows(tmp_path: Path, prompt: str = PROMPT) -> pd.DataFrame:
+    rows = []
+    for index in range(2):
+        path = tmp_path / f"image{index}.png"
+        random_image(64 + 48 * index, 112, index).save(path)
+        rows.append(
+            {
+                "id": f"r{index}",
+                "image_path": str(path),
+                "prompt": prompt,
+                "system": None if index == 0 else "你是电商识图助手。",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        PromptVariant("plain"),
+        PromptVariant("reason_first", reason=True),
+        PromptVariant("label_first", reason=True, reason_first=False),
+    ],
+    ids=lambda variant: variant.name,
+)
+def test_score_table_rows_columns_and_argmax(scorer, tmp_path: Path, variant: PromptVariant) -> None:
+    table = score_table(scorer, prompt_rows(tmp_path), NAMES, variant, reason_max_new_tokens=4)
+    probability_columns = [f"p::{name}" for name in NAMES]
+    assert list(table.columns) == ["id", *probability_columns, "predicted", "generated"]
+    assert list(table["id"]) == ["r0", "r1"]
+    np.testing.assert_allclose(table[probability_columns].sum(axis=1), 1.0, atol=1e-6)
+    argmax = table[probability_columns].to_numpy().argmax(axis=1)
+    assert list(table["predicted"]) == [NAMES[index] for index in argmax]
+    assert all(isinstance(text, str) for text in table["generated"])
+    if not variant.reason_first or not variant.reason:
+        assert (table["generated"] == "").all()
+
+
+def test_reason_slot_and_extraction_round_trip() -> None:
+    variant = PromptVariant("r", reason=True)
+    head, tail = reason_slot(variant)
+    assert (head, tail) == ('{"理由": "', '", "所属类别": "')
+    generated = '图中有\\"物流\\"轨迹' + tail  # JSON-escaped quotes, as the model writes them
+    reason = extract_reason(generated, tail)
+    assert reason == '图中有"物流"轨迹'
+    # The scored answer continues exactly the generated text.
+    assert answer_around_label(variant, reason)[0] == head + generated
+    assert extract_reason('图中有物流"', tail) == "图中有物流"  # stopped by the token limit
+
+
+def test_missing_image_is_named(scorer, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_image.jpg"
+    with pytest.raises(FileNotFoundError, match="no_such_image.jpg"):
+        scorer.score_labels(missing, PROMPT, NAMES)
+
+
+def test_bad_prompt_and_repeated_labels_are_refused(scorer) -> None:
+    image = random_image(64, 112, 0)
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        scorer.score_labels(image, PROMPT.replace("<image>", ""), NAMES)
+    with pytest.raises(ValueError, match="distinct"):
+        scorer.score_labels(image, PROMPT, ["退款页面", "退款页面"])
