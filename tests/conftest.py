@@ -33,6 +33,7 @@ SMALL_TRAINING = {
     "freeze_multi_modal_projector": False,
     "preprocessing_num_workers": 1,
     "dataloader_num_workers": 0,
+    "disable_gradient_checkpointing": True,
 }
 
 

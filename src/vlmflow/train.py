@@ -121,6 +121,7 @@ def train_fold(
     processes: int,
     seed: int,
     log_path: str | Path,
+    threads: int = 1,
     extra_env: dict | None = None,
 ) -> Path:
     """Fine-tune one fold: write its dataset and YAML under ``workdir``, train into ``workdir/model``.
@@ -142,5 +143,8 @@ def train_fold(
     command, env = llamafactory_command(
         config_path, deepspeed=deepspeed_config is not None, processes=processes
     )
+    # The trainer's CPU thread pool follows the job's threads: more threads than cores was up to
+    # 10x slower on a shared 2-core machine.
+    env["OMP_NUM_THREADS"] = str(threads)
     run_llamafactory(command, {**env, **(extra_env or {})}, log_path)
     return config_path

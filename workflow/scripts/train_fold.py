@@ -24,6 +24,7 @@ config_path = train_fold(
     processes=snakemake.params.processes,
     seed=snakemake.params.seed,
     log_path=snakemake.log[0],
+    threads=snakemake.threads,
     extra_env=training_environment(parent["tracking_uri"], parent["experiment"], run_id),
 )
 log_fold_training(client, run_id, config_path, snakemake.output.model)
