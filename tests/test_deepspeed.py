@@ -15,9 +15,10 @@ def test_zero3_offload_fold_trains_and_saves_a_loadable_changed_model(tmp_path):
     run_snakemake(tmp_path, config, "--cores", "2", "results/baseline/fold0/model")
 
     fold = tmp_path / "results/baseline/fold0"
-    assert "deepspeed: " in (fold / "llamafactory.yaml").read_text() and "z3_offload.json" in (
-        fold / "llamafactory.yaml"
-    ).read_text()
+    assert (
+        "deepspeed: " in (fold / "llamafactory.yaml").read_text()
+        and "z3_offload.json" in (fold / "llamafactory.yaml").read_text()
+    )
     log = (tmp_path / "logs/train/baseline/fold0.log").read_text(encoding="utf-8", errors="replace")
     assert "ZeRO" in log or "zero" in log  # DeepSpeed really ran the optimisation
 

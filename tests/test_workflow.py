@@ -69,6 +69,13 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
             assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
             assert "heldout_weighted_f1" in child.data.metrics
             assert child.data.params["llamafactory.template"] == "qwen2_vl"
+            artifacts = {item.path for item in client.list_artifacts(child.info.run_id)}
+            assert {
+                "llamafactory.yaml",
+                "training_loss.png",
+                "confusion_matrix.png",
+                "per_class_report.csv",
+            } <= artifacts
 
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(tmp_path, config, "--cores", "2", "-n")
@@ -123,10 +130,11 @@ def test_bad_records_stop_the_run_naming_them_and_skip_mode_keeps_count(tmp_path
     "command",
     [
         ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
         ["snakefmt", "--check", "Snakefile", "workflow"],
         ["snakemake", "--lint"],
     ],
-    ids=["ruff", "snakefmt", "snakemake-lint"],
+    ids=["ruff", "ruff-format", "snakefmt", "snakemake-lint"],
 )
 def test_lint_gate_is_clean(command):
     result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=REPO, capture_output=True, text=True)

@@ -35,9 +35,7 @@ def assign_folds(records: pd.DataFrame, n_folds: int, seed: int) -> tuple[pd.Dat
     small = np.flatnonzero(is_small)
     if len(small):
         order = np.random.default_rng(seed).permutation(len(small))
-        dealt = small[order][
-            np.argsort(labels[small][order], kind="stable")
-        ]  # grouped by class, shuffled within
+        dealt = small[order][np.argsort(labels[small][order], kind="stable")]  # grouped by class, shuffled within
         start = np.bincount(fold[~is_small], minlength=n_folds).argmin() if (~is_small).any() else 0
         fold[dealt] = (start + np.arange(len(dealt))) % n_folds
     folds = pd.DataFrame({"id": records["id"].to_numpy(), "label": labels, "fold": fold})

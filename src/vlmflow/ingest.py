@@ -119,9 +119,7 @@ def _read_mire_json(path: Path) -> list[RawRecord | Rejection]:
             f"{path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from error
     if not isinstance(document, list):
-        raise DataFileError(
-            f"{path}: a MIRE JSON file holds one list of records, found {type(document).__name__}"
-        )
+        raise DataFileError(f"{path}: a MIRE JSON file holds one list of records, found {type(document).__name__}")
     return [_from_mire_item(f"{path.name} record {index}", item) for index, item in enumerate(document)]
 
 
@@ -140,14 +138,10 @@ def _read_jsonl(path: Path) -> list[RawRecord | Rejection]:
         try:
             item = json.loads(line.decode("utf-8-sig"))
         except UnicodeDecodeError as error:
-            rows.append(
-                Rejection(RawRecord(position, None, None, None), "not_utf8", f"is not UTF-8 ({error.reason})")
-            )
+            rows.append(Rejection(RawRecord(position, None, None, None), "not_utf8", f"is not UTF-8 ({error.reason})"))
             continue
         except json.JSONDecodeError as error:
-            rows.append(
-                Rejection(RawRecord(position, None, None, None), "malformed", f"malformed JSON: {error.msg}")
-            )
+            rows.append(Rejection(RawRecord(position, None, None, None), "malformed", f"malformed JSON: {error.msg}"))
             continue
         if not isinstance(item, dict):
             rows.append(Rejection(RawRecord(position, None, None, None), "malformed", "is not a JSON object"))
@@ -167,13 +161,9 @@ def _read_csv(path: Path) -> list[RawRecord | Rejection]:
     reader = csv.DictReader(io.StringIO(_read_text(path)))
     missing = {"id", "image"} - set(reader.fieldnames or [])
     if missing:
-        raise DataFileError(
-            f"{path}: CSV lacks the column(s) {sorted(missing)}; it needs id, image and label"
-        )
+        raise DataFileError(f"{path}: CSV lacks the column(s) {sorted(missing)}; it needs id, image and label")
     return [
-        RawRecord(
-            f"{path.name} row {number}", row["id"] or None, row["image"] or None, row.get("label") or None
-        )
+        RawRecord(f"{path.name} row {number}", row["id"] or None, row["image"] or None, row.get("label") or None)
         for number, row in enumerate(reader, start=2)  # row 1 is the header
     ]
 
@@ -197,9 +187,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
-def resolve_image_path(
-    raw: str, data_file: Path, image_dir: Path | None, roots: list[Path]
-) -> Path | tuple[str, str]:
+def resolve_image_path(raw: str, data_file: Path, image_dir: Path | None, roots: list[Path]) -> Path | tuple[str, str]:
     """Find the image file a record names; return its resolved path, or (problem kind, message).
 
     Tried in order: the path as written (absolute, or relative to the data file), then relative to
@@ -306,10 +294,7 @@ def ingest_records(
         )
     records = pd.DataFrame(kept, columns=RECORD_COLUMNS).astype({"label": "string"})
     rejected = pd.DataFrame(
-        [
-            {"record": r.record.position, "id": r.record.id, "reason": f"{r.kind}: {r.message}"}
-            for r in rejections
-        ],
+        [{"record": r.record.position, "id": r.record.id, "reason": f"{r.kind}: {r.message}"} for r in rejections],
         columns=REJECTED_COLUMNS,
     )
     reasons: dict[str, int] = {}
@@ -317,9 +302,7 @@ def ingest_records(
         reasons[rejection.kind] = reasons.get(rejection.kind, 0) + 1
     for rejection in errors:
         log.warning("rejected %s", format_rejection(rejection))
-    log.info(
-        "%s: %d records in, %d out, %d rejected", data_file.name, len(parsed), len(records), len(rejected)
-    )
+    log.info("%s: %d records in, %d out, %d rejected", data_file.name, len(parsed), len(records), len(rejected))
     return IngestResult(records, rejected, records_in=len(parsed), reasons=reasons)
 
 
@@ -361,6 +344,4 @@ def write_ingest_outputs(
     """Write the clean table (parquet), the rejected table (CSV) and the counts (JSON)."""
     result.records.to_parquet(records_path, index=False)
     result.rejected.to_csv(rejected_path, index=False)
-    Path(counts_path).write_text(
-        json.dumps(result.counts(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    Path(counts_path).write_text(json.dumps(result.counts(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

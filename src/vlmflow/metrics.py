@@ -62,9 +62,7 @@ def _cjk_font() -> str | None:
     return font_manager.FontProperties(fname=str(path)).get_name()
 
 
-def plot_confusion_matrix(
-    truth: pd.Series, predicted: pd.Series, labels: list[str], path: str | Path, title: str
-):
+def plot_confusion_matrix(truth: pd.Series, predicted: pd.Series, labels: list[str], path: str | Path, title: str):
     """A confusion matrix image, rows true labels, columns predicted, counts in the cells."""
     matrix = confusion_matrix(truth, predicted, labels=labels)
     font = _cjk_font()
@@ -102,8 +100,7 @@ def evaluate_variant(
     oof = pd.concat([table.assign(fold=fold) for fold, table in out_of_fold.items()], ignore_index=True)
     oof["given_label"] = oof["id"].map(given)
     metrics = {
-        f"oof_{key}": value
-        for key, value in classification_metrics(oof["given_label"], oof["predicted"]).items()
+        f"oof_{key}": value for key, value in classification_metrics(oof["given_label"], oof["predicted"]).items()
     }
     fold_rows = [
         {"fold": fold, **classification_metrics(table["id"].map(given), table["predicted"])}
@@ -117,10 +114,17 @@ def evaluate_variant(
         metrics |= {f"oof_vs_truth_{key}": value for key, value in truth_oof.items()}
         test["true_label"] = test["id"].map(true)
         metrics |= {
-            f"test_{key}": value
-            for key, value in classification_metrics(test["true_label"], test["predicted"]).items()
+            f"test_{key}": value for key, value in classification_metrics(test["true_label"], test["predicted"]).items()
         }
     return metrics, pd.DataFrame(fold_rows), oof, test
+
+
+def write_fold_reports(oof: pd.DataFrame, labels: list[str], reports: list[str], matrices: list[str]) -> None:
+    """Per fold (in order): the held-out per-class report (CSV) and confusion matrix (PNG)."""
+    for fold, (report_path, matrix_path) in enumerate(zip(reports, matrices, strict=True)):
+        part = oof[oof["fold"] == fold]
+        per_class_report(part["given_label"], part["predicted"], labels).to_csv(report_path, index=False)
+        plot_confusion_matrix(part["given_label"], part["predicted"], labels, matrix_path, f"fold {fold}, held out")
 
 
 SUMMARY_COLUMNS = {

@@ -245,9 +245,7 @@ def ocr_images(table: pd.DataFrame, engine: OcrEngine, cache: OcrCache) -> pd.Da
         raise ValueError(f"OCR input lacks columns: {sorted(missing)}")
     images = table.drop_duplicates("image_sha256")
     rows, hits, failures, start = [], 0, 0, time.monotonic()
-    for done, (sha, image_path) in enumerate(
-        zip(images["image_sha256"], images["image_path"], strict=True), start=1
-    ):
+    for done, (sha, image_path) in enumerate(zip(images["image_sha256"], images["image_path"], strict=True), start=1):
         result = cache.get(sha)
         from_cache = result is not None
         if result is None:

@@ -121,11 +121,7 @@ def build_prompt_table(
         prompt = build_prompt(variant, labels, text)
         target = None
         if isinstance(record.label, str):
-            reason = (
-                reason_source(by_name[record.label], text, variant.reason_max_chars)
-                if variant.reason
-                else None
-            )
+            reason = reason_source(by_name[record.label], text, variant.reason_max_chars) if variant.reason else None
             target = build_target(variant, record.label, reason)
         if len(prompt) > max_chars:
             too_long.append(f"{record.id} ({len(prompt)} characters)")
@@ -150,8 +146,7 @@ def build_prompt_table(
     over = table[table["n_chars"] > warn_chars]
     if len(over):
         log.warning(
-            "variant %s: %d prompt(s) above %d characters (the recipe saw prompts over ~2,500 hurt), "
-            "longest %d: %s",
+            "variant %s: %d prompt(s) above %d characters (the recipe saw prompts over ~2,500 hurt), longest %d: %s",
             variant.name,
             len(over),
             warn_chars,
@@ -206,7 +201,5 @@ def write_llamafactory_dataset(prompts: pd.DataFrame, folder: str | Path, name: 
     records = to_sharegpt(prompts)
     data_file.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     info = {name: dataset_info_entry(data_file.name, with_system=any("system" in r for r in records))}
-    (folder / "dataset_info.json").write_text(
-        json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8"
-    )
+    (folder / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
     return data_file

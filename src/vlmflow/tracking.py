@@ -70,9 +70,7 @@ def config_hash(settings: dict) -> str:
 
 def git_commit(repo: str | Path = ".") -> str:
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        )
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
         return result.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -91,9 +89,7 @@ def start_variant_run(client: MlflowClient, experiment_id: str, variant: str, se
     return run.info.run_id
 
 
-def start_fold_run(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int
-) -> str:
+def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int) -> str:
     """Create a nested child run for one fold; LLaMA-Factory's callback then logs into it via MLFLOW_RUN_ID."""
     tags = {
         "mlflow.parentRunId": parent_run_id,
@@ -115,14 +111,9 @@ def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dic
     }
 
 
-def log_results(
-    client: MlflowClient, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]
-) -> None:
+def log_results(client: MlflowClient, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]) -> None:
     """Log final metrics and artifact files to a run, and mark it finished."""
-    entries = [
-        mlflow.entities.Metric(key, float(value), int(time.time() * 1000), 0)
-        for key, value in metrics.items()
-    ]
+    entries = [mlflow.entities.Metric(key, float(value), int(time.time() * 1000), 0) for key, value in metrics.items()]
     retry_locked(lambda: client.log_batch(run_id, metrics=entries))
     for path in artifacts:
         if Path(path).exists():
@@ -159,9 +150,7 @@ def flatten_params(settings: dict, prefix: str) -> list:
     return params
 
 
-def log_fold_training(
-    client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path
-) -> None:
+def log_fold_training(client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path) -> None:
     """Attach the fold's LLaMA-Factory YAML (as params and as a file), loss plot and trainer state."""
     settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     retry_locked(lambda: client.log_batch(run_id, params=flatten_params(settings, "llamafactory")))
@@ -171,13 +160,18 @@ def log_fold_training(
 
 
 def log_variant_results(
-    parent: dict, fold_runs: list[dict], metrics: dict, fold_metrics: list[dict], artifacts: list[str | Path]
+    parent: dict,
+    fold_runs: list[dict],
+    metrics: dict,
+    fold_metrics: list[dict],
+    artifacts: list[str | Path],
+    fold_artifacts: list[list[str | Path]],
 ) -> None:
-    """Log each fold's held-out metrics to its child run, the variant's to the parent, and close the parent."""
+    """Log each fold's held-out metrics and plots to its child run, the variant's to the parent; close the parent."""
     client = MlflowClient(parent["tracking_uri"])
     by_fold = {int(row["fold"]): row for row in fold_metrics}
-    for fold, run in enumerate(fold_runs):
+    for fold, (run, files) in enumerate(zip(fold_runs, fold_artifacts, strict=True)):
         row = by_fold[fold]
-        log_results(client, run["run_id"], {f"heldout_{k}": v for k, v in row.items() if k != "fold"}, [])
+        log_results(client, run["run_id"], {f"heldout_{k}": v for k, v in row.items() if k != "fold"}, files)
     log_results(client, parent["run_id"], metrics, artifacts)
     finish_run(client, parent["run_id"])

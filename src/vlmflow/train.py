@@ -74,9 +74,7 @@ def write_fold_inputs(
     return config_path
 
 
-def llamafactory_command(
-    config_path: str | Path, *, deepspeed: bool, processes: int
-) -> tuple[list[str], dict]:
+def llamafactory_command(config_path: str | Path, *, deepspeed: bool, processes: int) -> tuple[list[str], dict]:
     """The argument list and extra environment that run ``llamafactory-cli train <yaml>``.
 
     With DeepSpeed, LLaMA-Factory launches itself through torchrun when FORCE_TORCHRUN is set; on a
@@ -104,8 +102,7 @@ def run_llamafactory(command: list[str], extra_env: dict, log_path: str | Path) 
     if completed.returncode != 0:
         tail = output.splitlines()[-30:]
         raise RuntimeError(
-            f"llamafactory-cli train exited with {completed.returncode}; last lines of {log_path}:\n"
-            + "\n".join(tail)
+            f"llamafactory-cli train exited with {completed.returncode}; last lines of {log_path}:\n" + "\n".join(tail)
         )
 
 
@@ -140,9 +137,7 @@ def train_fold(
         seed=seed,
     )
     config_path = write_fold_inputs(prompts, folds, fold, workdir, settings)
-    command, env = llamafactory_command(
-        config_path, deepspeed=deepspeed_config is not None, processes=processes
-    )
+    command, env = llamafactory_command(config_path, deepspeed=deepspeed_config is not None, processes=processes)
     # The trainer's CPU thread pool follows the job's threads: more threads than cores was up to
     # 10x slower on a shared 2-core machine.
     env["OMP_NUM_THREADS"] = str(threads)

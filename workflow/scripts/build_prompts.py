@@ -13,11 +13,7 @@ records = pd.concat(
     [pd.read_parquet(path).assign(split=Path(path).stem) for path in snakemake.input.records],
     ignore_index=True,
 )
-ocr = (
-    pd.read_parquet(snakemake.input.ocr)
-    if snakemake.input.ocr
-    else pd.DataFrame(columns=["image_sha256", "text"])
-)
+ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else pd.DataFrame(columns=["image_sha256", "text"])
 prompts = build_prompt_table(
     records,
     dict(zip(ocr["image_sha256"], ocr["text"], strict=True)),
@@ -27,6 +23,4 @@ prompts = build_prompt_table(
     max_chars=snakemake.params.max_chars,
 )
 prompts.to_parquet(snakemake.output.prompts, index=False)
-write_llamafactory_dataset(
-    prompts, Path(snakemake.output.dataset).parent, Path(snakemake.output.dataset).stem
-)
+write_llamafactory_dataset(prompts, Path(snakemake.output.dataset).parent, Path(snakemake.output.dataset).stem)

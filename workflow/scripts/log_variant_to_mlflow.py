@@ -16,6 +16,7 @@ log_variant_results(
     metrics,
     pd.read_csv(snakemake.input.fold_metrics).to_dict("records"),
     [snakemake.input.confusion_matrix, snakemake.input.report, snakemake.input.metrics],
+    [list(files) for files in zip(snakemake.input.fold_reports, snakemake.input.fold_matrices, strict=True)],
 )
 with open(snakemake.output.logged, "w", encoding="utf-8") as logged:
     json.dump({"run_id": parent["run_id"], "metrics": metrics}, logged, indent=2)

@@ -5,6 +5,4 @@ import pandas as pd
 from vlmflow.logfile import log_to
 
 log_to(snakemake.log[0])
-pd.concat([pd.read_parquet(path) for path in snakemake.input.shards]).to_parquet(
-    snakemake.output.text, index=False
-)
+pd.concat([pd.read_parquet(path) for path in snakemake.input.shards]).to_parquet(snakemake.output.text, index=False)

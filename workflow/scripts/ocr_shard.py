@@ -8,8 +8,6 @@ from vlmflow.ocr import OcrCache, make_ocr_engine, ocr_images, select_shard
 log_to(snakemake.log[0])
 records = pd.concat([pd.read_parquet(path) for path in snakemake.input.records])
 shard = select_shard(records, int(snakemake.wildcards.shard), snakemake.params.shards)
-engine = make_ocr_engine(
-    snakemake.params.engine, threads=snakemake.threads, **snakemake.params.engine_options
-)
+engine = make_ocr_engine(snakemake.params.engine, threads=snakemake.threads, **snakemake.params.engine_options)
 cache = OcrCache(snakemake.params.cache_dir, snakemake.params.engine)
 ocr_images(shard, engine, cache).to_parquet(snakemake.output.text, index=False)

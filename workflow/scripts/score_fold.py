@@ -16,6 +16,4 @@ variant = PromptVariant.from_config(snakemake.params.variant)
 held_out = held_out_part(prompts, folds, int(snakemake.wildcards.fold))
 score = dict(labels=labels, variant=variant, reason_max_new_tokens=snakemake.params.max_new_tokens)
 score_table(scorer, held_out, **score).to_parquet(snakemake.output.out_of_fold, index=False)
-score_table(scorer, prompts[prompts["split"] == "test"], **score).to_parquet(
-    snakemake.output.test, index=False
-)
+score_table(scorer, prompts[prompts["split"] == "test"], **score).to_parquet(snakemake.output.test, index=False)
