@@ -15,12 +15,13 @@ export HF_HUB_OFFLINE ?= 1
 install: $(STAMP)
 
 # torch first: DeepSpeed builds from source against the installed torch (no build isolation).
-$(STAMP): requirements/torch.txt requirements/lock.txt pyproject.toml
+$(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt requirements/deepspeed.txt pyproject.toml
 	bash scripts/install_system_packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/torch.txt
 	$(BIN)/pip install --quiet -r requirements/lock.txt
+	$(BIN)/pip install --quiet -r requirements/build.txt
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements/deepspeed.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
