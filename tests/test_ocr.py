@@ -210,3 +210,11 @@ def test_select_shard_partitions_distinct_images_exactly():
     assert all(int(sha, 16) % 3 == k for k, shard in enumerate(shards) for sha in shard)
     with pytest.raises(ValueError):
         select_shard(table, 3, 3)
+
+
+def test_engine_options_get_their_own_cache_namespace(tmp_path):
+    plain = OcrCache(tmp_path, "rapidocr")
+    tuned = OcrCache(tmp_path, "rapidocr", {"det_limit_type": "max"})
+    again = OcrCache(tmp_path, "rapidocr", {"det_limit_type": "max"})
+    assert plain.folder != tuned.folder and tuned.folder == again.folder
+    assert tuned.folder.name.startswith("rapidocr-")

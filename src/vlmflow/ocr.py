@@ -6,6 +6,7 @@ ship inside the wheel, fully offline) and ``paddleocr`` (PaddleOCR 3.x from loca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -187,10 +188,18 @@ def reading_order(lines: list[OcrLine]) -> str:
 
 
 class OcrCache:
-    """One JSON file per image, ``<cache_dir>/<engine>/<sha[:2]>/<sha>.json``, shared by runs and datasets."""
+    """One JSON file per image, ``<cache_dir>/<engine>[-<options hash>]/<sha[:2]>/<sha>.json``.
 
-    def __init__(self, cache_dir: str | Path, engine_name: str) -> None:
-        self.folder = Path(cache_dir) / engine_name
+    Shared by runs and datasets. Engine options that change what is read (detection size, model
+    folders) get their own namespace, so a changed setting never serves text read the old way.
+    """
+
+    def __init__(self, cache_dir: str | Path, engine_name: str, options: dict | None = None) -> None:
+        namespace = engine_name
+        if options:
+            digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
+            namespace = f"{engine_name}-{digest[:12]}"
+        self.folder = Path(cache_dir) / namespace
 
     def path(self, sha: str) -> Path:
         if not _SHA256.fullmatch(sha):

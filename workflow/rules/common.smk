@@ -45,8 +45,9 @@ def ocr_table_if_needed(wildcards):
 
 
 def ocr_engine_options():
-    """Engine-specific options: PaddleOCR's local model folders; RapidOCR needs none."""
-    return config["ocr"]["paddle"] if config["ocr"]["engine"] == "paddleocr" else {}
+    """Options passed to the engine: ocr.options, plus PaddleOCR's local model folders."""
+    paddle = config["ocr"]["paddle"] if config["ocr"]["engine"] == "paddleocr" else {}
+    return {**config["ocr"]["options"], **paddle}
 
 
 def deepspeed_config():
