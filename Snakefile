@@ -20,6 +20,7 @@ include: "workflow/rules/folds.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/recipe.smk"
 
 
 rule all:

@@ -183,3 +183,16 @@ def test_review_page_escapes_ocr_and_links_images_relative_to_the_page(demo, tmp
     assert html.count('<tr class="issue">') == len(issues) == 4
     assert 'src="../../images/r00.jpg"' in html
     assert "config/o.csv" in html and "4 flagged of 30" in html
+
+
+def test_correction_summary_counts_applied_and_adds_noise_scores_with_truth():
+    from vlmflow.correction import correction_summary
+
+    issues = pd.DataFrame({"id": ["a", "b"], "given": ["x", "y"], "proposed": ["y", "x"], "confidence": [0.9, 0.8]})
+    decisions = pd.DataFrame({"id": ["a", "b"], "decision": ["applied", "rejected"]})
+    assert correction_summary(issues, decisions, None) == {"flagged": 2, "applied": 1}
+    truth = pd.DataFrame(
+        {"id": ["a", "b", "c"], "split": "train", "label": ["y", "y", "x"], "flipped": [True, False, True]}
+    )
+    summary = correction_summary(issues, decisions, truth)
+    assert summary["precision"] == 0.5 and summary["recall"] == 0.5 and summary["planted"] == 2

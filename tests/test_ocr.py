@@ -218,3 +218,12 @@ def test_engine_options_get_their_own_cache_namespace(tmp_path):
     again = OcrCache(tmp_path, "rapidocr", {"det_limit_type": "max"})
     assert plain.folder != tuned.folder and tuned.folder == again.folder
     assert tuned.folder.name.startswith("rapidocr-")
+
+
+def test_text_by_record_maps_ids_through_image_sha256():
+    from vlmflow.ocr import text_by_record
+
+    records = pd.DataFrame({"id": ["r1", "r2", "r3"], "image_sha256": ["s1", "s1", "s2"]})
+    table = pd.DataFrame({"image_sha256": ["s1"], "text": ["退款成功"]})
+    assert text_by_record(records, table) == {"r1": "退款成功", "r2": "退款成功", "r3": ""}
+    assert text_by_record(records, None) == {"r1": "", "r2": "", "r3": ""}

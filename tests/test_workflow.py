@@ -10,6 +10,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from vlmflow.labels import load_labels
+
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 
 
@@ -77,6 +79,27 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
                 "per_class_report.csv",
             } <= artifacts
 
+    # The second half of the recipe: corrections with a review page, pseudo-labels, a submission.
+    corrections = pd.read_csv(tmp_path / "results/baseline/label_corrections.csv")
+    assert list(corrections.columns) == ["id", "given", "proposed", "confidence", "method"]
+    assert (corrections["given"] != corrections["proposed"]).all()
+    assert len(corrections) == json.loads((tmp_path / "results/baseline/correction_scores.json").read_text())["flagged"]
+    assert (tmp_path / "results/baseline/label_review.html").read_text(encoding="utf-8").count("<img") == len(
+        corrections
+    )
+    pseudo = json.loads((tmp_path / "results/baseline/pseudo_labels.json").read_text())
+    assert (
+        pseudo["candidates"]
+        == 12
+        == sum(pseudo[key] for key in ("kept", "rejected_by_tau", "rejected_by_agreement", "dropped_by_cap"))
+    )
+    submission_bytes = (tmp_path / "results/baseline/submission.csv").read_bytes()
+    assert submission_bytes.startswith(b"\xef\xbb\xbf")  # utf-8-sig, as the competition reads it
+    submission = pd.read_csv(tmp_path / "results/baseline/submission.csv", encoding="utf-8-sig")
+    assert list(submission.columns) == ["id", "predict"]
+    assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])
+    assert submission["predict"].isin([label.name for label in load_labels(REPO / "config/labels.yaml")]).all()
+
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(tmp_path, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
@@ -86,6 +109,14 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     assert {rule for rule, _ in planned} >= {"build_prompts", "train_fold", "score_fold", "evaluate_variant"}
     assert not any(rule.startswith("ocr") or rule in ("merge_ocr", "ingest_records") for rule, _ in planned)
     assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_variants"} == {"baseline_ocr"}
+
+    # Writing the baseline's override file reruns exactly the baseline's label correction.
+    config["variants"][1].pop("ocr_max_chars")
+    overrides = tmp_path / "config/label_overrides/baseline.csv"
+    overrides.parent.mkdir(parents=True)
+    overrides.write_text(f"id,action,label\n{train['id'][0]},relabel,退款页面\n", encoding="utf-8")
+    planned = planned_jobs(run_snakemake(tmp_path, config, "--cores", "2", "-n").stdout)
+    assert planned == [("correct_labels", {"variant": "baseline"})]
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:

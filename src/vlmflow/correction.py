@@ -237,3 +237,10 @@ def review_page(
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(html, encoding="utf-8")
+
+
+def correction_summary(issues: pd.DataFrame, decisions: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
+    """Counts of flagged and applied corrections, plus (demo) how well the flags find the planted flips."""
+    applied = decisions["decision"].isin(["applied", "relabelled"]).sum() if len(decisions) else 0
+    summary = {"flagged": int(len(issues)), "applied": int(applied)}
+    return summary | noise_detection_scores(issues, truth) if truth is not None else summary

@@ -289,3 +289,11 @@ def ocr_images(table: pd.DataFrame, engine: OcrEngine, cache: OcrCache) -> pd.Da
                 failures,
             )
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def text_by_record(records: pd.DataFrame, ocr_table: pd.DataFrame | None) -> dict[str, str]:
+    """Each record id's OCR text (empty when there is no OCR table or no text for its image)."""
+    if ocr_table is None:
+        return dict.fromkeys(records["id"], "")
+    text = dict(zip(ocr_table["image_sha256"], ocr_table["text"], strict=True))
+    return {record_id: text.get(sha, "") for record_id, sha in zip(records["id"], records["image_sha256"], strict=True)}

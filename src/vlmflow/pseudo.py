@@ -14,19 +14,13 @@ import numpy as np
 import pandas as pd
 
 from vlmflow.ingest import RECORD_COLUMNS
+from vlmflow.messages import name_ids
 from vlmflow.metrics import PROBABILITY_PREFIX, probability_columns
 
 log = logging.getLogger(__name__)
 
 SELECTED_COLUMNS = ["id", "label", "confidence", "agreeing_folds"]
 PSEUDO_SOURCE = "pseudo"
-
-
-def _name_ids(ids: Iterable, limit: int = 10) -> str:
-    """A few ids for an error message; a 10,000-record test set must not flood the log."""
-    ids = list(ids)
-    shown = ", ".join(repr(i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def _check_fold_tables(tables: list[pd.DataFrame]) -> list[str]:
@@ -152,14 +146,14 @@ def pseudo_training_records(
     """
     collisions = sorted(set(selected["id"]) & set(train_ids))
     if collisions:
-        raise ValueError(f"{len(collisions)} pseudo-label id(s) collide with training ids: {_name_ids(collisions)}")
+        raise ValueError(f"{len(collisions)} pseudo-label id(s) collide with training ids: {name_ids(collisions)}")
     repeated = selected["id"][selected["id"].duplicated()].unique()
     if len(repeated):
-        raise ValueError(f"pseudo-labels list these ids more than once: {_name_ids(repeated)}")
+        raise ValueError(f"pseudo-labels list these ids more than once: {name_ids(repeated)}")
     known = set(test_records["id"])
     unknown = [i for i in selected["id"] if i not in known]
     if unknown:
-        raise ValueError(f"{len(unknown)} pseudo-label id(s) are not test records: {_name_ids(unknown)}")
+        raise ValueError(f"{len(unknown)} pseudo-label id(s) are not test records: {name_ids(unknown)}")
     images = test_records.drop(columns=["label"], errors="ignore")
     records = selected[["id", "label"]].merge(images, on="id", how="left", validate="one_to_one")
     records = records[RECORD_COLUMNS].astype({"label": "string"})

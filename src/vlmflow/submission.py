@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+
+from vlmflow.messages import name_ids
 
 log = logging.getLogger(__name__)
 
@@ -19,30 +20,23 @@ class SubmissionError(ValueError):
     """The predictions do not give exactly one valid label per test id."""
 
 
-def _name_ids(ids: Iterable, limit: int = 10) -> str:
-    """A few ids for an error message; a 10,000-record test set must not flood the log."""
-    ids = list(ids)
-    shown = ", ".join(repr(i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
 def _problems(predictions: pd.DataFrame, test_ids: list[str], labels: list[str]) -> list[str]:
     """Every way the predictions miss the format, each naming its ids, so one run shows them all."""
     problems = []
     repeated_tests = pd.Series(test_ids)[pd.Series(test_ids).duplicated()].unique()
     if len(repeated_tests):
-        problems.append(f"test ids listed more than once: {_name_ids(repeated_tests)}")
+        problems.append(f"test ids listed more than once: {name_ids(repeated_tests)}")
     predicted_ids = predictions["id"]
     expected, given = set(test_ids), set(predicted_ids)
     missing = [i for i in dict.fromkeys(test_ids) if i not in given]
     if missing:
-        problems.append(f"{len(missing)} test id(s) without a prediction: {_name_ids(missing)}")
+        problems.append(f"{len(missing)} test id(s) without a prediction: {name_ids(missing)}")
     repeated = predicted_ids[predicted_ids.duplicated()].unique()
     if len(repeated):
-        problems.append(f"{len(repeated)} id(s) predicted more than once: {_name_ids(repeated)}")
+        problems.append(f"{len(repeated)} id(s) predicted more than once: {name_ids(repeated)}")
     extra = [i for i in predicted_ids.unique() if i not in expected]
     if extra:
-        problems.append(f"{len(extra)} predicted id(s) are not test ids: {_name_ids(extra)}")
+        problems.append(f"{len(extra)} predicted id(s) are not test ids: {name_ids(extra)}")
     invalid = predictions[~predictions["predicted"].isin(set(labels))]
     if len(invalid):
         pairs = [f"{i!r}: {label!r}" for i, label in zip(invalid["id"], invalid["predicted"], strict=True)]

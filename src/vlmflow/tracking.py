@@ -175,3 +175,16 @@ def log_variant_results(
         log_results(client, run["run_id"], {f"heldout_{k}": v for k, v in row.items() if k != "fold"}, files)
     log_results(client, parent["run_id"], metrics, artifacts)
     finish_run(client, parent["run_id"])
+
+
+def numeric_metrics(report: dict, prefix: str) -> dict[str, float]:
+    """The top-level numbers of a JSON report as MLflow metrics under ``prefix``.
+
+    Nested tables (per-class counts) stay in the report file, logged as an artifact: MLflow metric
+    names refuse characters that labels carry, such as parentheses.
+    """
+    return {
+        f"{prefix}.{key}": float(value)
+        for key, value in report.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }

@@ -34,6 +34,11 @@ def base_model():
     return [path] if path == DEMO_MODEL_DIR else []
 
 
+def base_model_name(wildcards, input):
+    """What LLaMA-Factory loads: the built demo model's folder, or the configured hub id or path."""
+    return input.base_model or config["model"]["name_or_path"]
+
+
 def variant_settings(wildcards):
     return VARIANTS[wildcards.variant]
 
@@ -60,6 +65,16 @@ def truth_file():
     return config["data"]["truth"] or []
 
 
+def override_path(wildcards):
+    return str(Path(config["correction"]["overrides_dir"]) / f"{wildcards.variant}.csv")
+
+
+def override_file(wildcards):
+    """The variant's override file as an input once the user has written it: editing it reruns its dependents."""
+    path = override_path(wildcards)
+    return path if Path(path).exists() else []
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),
@@ -67,4 +82,9 @@ def all_targets():
         *expand("results/{variant}/prompts.parquet", variant=VARIANTS),
         "results/folds/folds.csv",
         "results/summary/variants.md",
+        *expand(
+            "results/{variant}/{name}",
+            variant=VARIANTS,
+            name=["label_corrections.csv", "pseudo_labels.csv", "submission.csv"],
+        ),
     ]

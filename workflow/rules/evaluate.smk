@@ -34,8 +34,12 @@ rule log_variant_to_mlflow:
         fold_metrics="results/{variant}/fold_metrics.csv",
         report="results/{variant}/per_class_report.csv",
         confusion_matrix="results/{variant}/confusion_matrix.png",
-        fold_reports=expand("results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS),
-        fold_matrices=expand("results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS),
+        fold_reports=expand(
+            "results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS
+        ),
+        fold_matrices=expand(
+            "results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS
+        ),
     output:
         logged="results/{variant}/mlflow_logged.json",
     log:

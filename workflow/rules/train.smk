@@ -38,7 +38,7 @@ rule train_fold:
     resources:
         gpu=config["train"]["gpus_per_run"],
     params:
-        model=config["model"]["name_or_path"],
+        model=base_model_name,
         hyperparameters=config["train"]["hyperparameters"],
         processes=max(1, config["train"]["gpus_per_run"]),
         seed=config["train"]["seed"],

@@ -1,0 +1,15 @@
+"""The MIRE submission file (utf-8-sig, id, predict) from the fold models' averaged test probabilities."""
+
+import pandas as pd
+
+from vlmflow.labels import label_names, load_labels
+from vlmflow.logfile import log_to
+from vlmflow.submission import write_submission
+
+log_to(snakemake.log[0])
+write_submission(
+    pd.read_parquet(snakemake.input.test),
+    list(pd.read_parquet(snakemake.input.test_records)["id"]),
+    label_names(load_labels(snakemake.input.labels)),
+    snakemake.output.submission,
+)
