@@ -65,6 +65,7 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     assert set(parents) == {"baseline", "baseline_ocr"}
     for parent in parents.values():
         assert parent.info.status == "FINISHED" and "oof_weighted_f1" in parent.data.metrics
+        assert {"correction.flagged", "pseudo.kept", "submission.test_weighted_f1"} <= set(parent.data.metrics)
         children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(run.data.tags["fold"] for run in children) == ["0", "1"]
         for child in children:
@@ -95,6 +96,9 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     )
     submission_bytes = (tmp_path / "results/baseline/submission.csv").read_bytes()
     assert submission_bytes.startswith(b"\xef\xbb\xbf")  # utf-8-sig, as the competition reads it
+    final = json.loads((tmp_path / "results/baseline/submission_metrics.json").read_text())
+    assert final["strategy"] == "average_folds" and final["n"] == 12 and 0 <= final["test_weighted_f1"] <= 1
+    assert (tmp_path / "results/baseline/final/model/model.safetensors").exists()
     submission = pd.read_csv(tmp_path / "results/baseline/submission.csv", encoding="utf-8-sig")
     assert list(submission.columns) == ["id", "predict"]
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])

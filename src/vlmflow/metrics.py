@@ -141,3 +141,12 @@ def summarize_variants(metrics_by_variant: dict[str, dict]) -> pd.DataFrame:
     for variant, metrics in metrics_by_variant.items():
         rows.append({"variant": variant, **{name: metrics.get(key) for key, name in SUMMARY_COLUMNS.items()}})
     return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+def submission_metrics(submission: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
+    """The submission's size and, with a truth file, the competition metric on the test set."""
+    metrics: dict = {"n": int(len(submission))}
+    if truth is not None:
+        true = submission["id"].map(truth.set_index("id")["label"])
+        metrics |= {f"test_{key}": value for key, value in classification_metrics(true, submission["predict"]).items()}
+    return metrics

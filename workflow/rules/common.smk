@@ -75,6 +75,13 @@ def override_file(wildcards):
     return path if Path(path).exists() else []
 
 
+def submission_probabilities(wildcards):
+    """Test probabilities of the final model: the weight-averaged fold model, or the fold ensemble."""
+    if config["final"]["strategy"] == "average_folds":
+        return f"results/{wildcards.variant}/final/test_probs.parquet"
+    return f"results/{wildcards.variant}/test_probs.parquet"
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),

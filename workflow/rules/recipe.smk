@@ -1,6 +1,6 @@
 # The second half of the recipe, per variant: label correction from the out-of-fold probabilities
 # (with a review page and user overrides), pseudo-labels for confident test images, and the
-# submission file from the fold models' averaged test probabilities.
+# submission from the final model (the fold models' averaged weights, or their averaged probabilities).
 
 
 rule correct_labels:
@@ -51,7 +51,7 @@ rule select_pseudo_labels:
 
 rule write_submission:
     input:
-        test="results/{variant}/test_probs.parquet",
+        test=submission_probabilities,
         test_records="results/data/test.parquet",
         labels=config["labels"],
     output:
@@ -62,3 +62,58 @@ rule write_submission:
         "../../envs/core.yaml"
     script:
         "../scripts/write_submission.py"
+
+
+rule average_fold_models:
+    input:
+        models=expand("results/{{variant}}/fold{fold}/model", fold=FOLDS),
+    output:
+        model=directory("results/{variant}/final/model"),
+    log:
+        "logs/final/{variant}_average.log",
+    benchmark:
+        "benchmarks/final/{variant}_average.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/average_fold_models.py"
+
+
+rule score_final_model:
+    input:
+        model="results/{variant}/final/model",
+        prompts="results/{variant}/prompts.parquet",
+        labels=config["labels"],
+    output:
+        test="results/{variant}/final/test_probs.parquet",
+    log:
+        "logs/final/{variant}_score.log",
+    benchmark:
+        "benchmarks/final/{variant}_score.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["score"]["threads"]
+    resources:
+        gpu=min(1, config["train"]["gpus_per_run"]),
+    params:
+        variant=variant_settings,
+        device=config["score"]["device"],
+        max_new_tokens=config["score"]["max_new_tokens"],
+    script:
+        "../scripts/score_final_model.py"
+
+
+rule evaluate_submission:
+    input:
+        submission="results/{variant}/submission.csv",
+        truth=truth_file(),
+    output:
+        metrics="results/{variant}/submission_metrics.json",
+    log:
+        "logs/submission/{variant}_metrics.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        strategy=config["final"]["strategy"],
+    script:
+        "../scripts/evaluate_submission.py"

@@ -12,6 +12,7 @@ parent = read_run(snakemake.input.parent_run)
 metrics = json.loads(open(snakemake.input.metrics, encoding="utf-8").read())
 metrics |= numeric_metrics(json.loads(open(snakemake.input.correction_scores, encoding="utf-8").read()), "correction")
 metrics |= numeric_metrics(json.loads(open(snakemake.input.pseudo_report, encoding="utf-8").read()), "pseudo")
+metrics |= numeric_metrics(json.loads(open(snakemake.input.submission_metrics, encoding="utf-8").read()), "submission")
 log_variant_results(
     parent,
     [read_run(path) for path in snakemake.input.fold_runs],

@@ -1,0 +1,17 @@
+"""Test metrics of the submission against the truth file (the demo's); counts only without one."""
+
+import json
+
+import pandas as pd
+
+from vlmflow.logfile import log_to
+from vlmflow.metrics import submission_metrics
+from vlmflow.submission import read_submission
+
+log_to(snakemake.log[0])
+truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
+metrics = submission_metrics(read_submission(snakemake.input.submission), truth) | {
+    "strategy": snakemake.params.strategy
+}
+with open(snakemake.output.metrics, "w", encoding="utf-8") as metrics_file:
+    json.dump(metrics, metrics_file, indent=2)
