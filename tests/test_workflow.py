@@ -174,3 +174,24 @@ def test_bad_records_stop_the_run_naming_them_and_skip_mode_keeps_count(tmp_path
 def test_lint_gate_is_clean(command):
     result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def declared_names(rule_body: str, section: str) -> set[str]:
+    """Names given in one section (input, output, params) of a rule's text."""
+    found = re.search(rf"\n    {section}:\n((?:        .*\n|\s*\n)+)", rule_body)
+    return set(re.findall(r"^        (\w+)=", found[1], re.MULTILINE)) if found else set()
+
+
+def test_every_name_a_script_reads_is_declared_by_its_rule():
+    rules = {}
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+        for body in re.split(r"\n(?=rule \w+:)", path.read_text(encoding="utf-8")):
+            script = re.search(r'script:\n\s+"\.\./scripts/(\w+\.py)"', body)
+            if script:
+                rules[script[1]] = body
+    scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
+    assert {path.name for path in scripts} == set(rules), "every script has exactly one rule"
+    for path in scripts:
+        used = re.findall(r"snakemake\.(input|output|params)\.(\w+)", path.read_text(encoding="utf-8"))
+        for section, name in used:
+            assert name in declared_names(rules[path.name] + "\n", section), f"{path.name}: {section}.{name}"

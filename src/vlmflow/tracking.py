@@ -125,11 +125,11 @@ def finish_run(client: MlflowClient, run_id: str) -> None:
 
 
 def read_run(path: str | Path) -> dict:
-    """A run reference written by ``write_run``: tracking URI, experiment name and id, run id."""
+    """A run reference written by ``write_run``: tracking URI, experiment name and id, run id (or null)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_run(path: str | Path, tracking_uri: str, experiment: str, experiment_id: str, run_id: str) -> None:
+def write_run(path: str | Path, tracking_uri: str, experiment: str, experiment_id: str, run_id: str | None) -> None:
     reference = {
         "tracking_uri": tracking_uri,
         "experiment": experiment,

@@ -18,6 +18,12 @@ rule evaluate_variant:
         test="results/{variant}/test_probs.parquet",
         report="results/{variant}/per_class_report.csv",
         confusion_matrix="results/{variant}/confusion_matrix.png",
+        fold_reports=expand(
+            "results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS
+        ),
+        fold_matrices=expand(
+            "results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS
+        ),
     log:
         "logs/evaluate/{variant}.log",
     conda:
@@ -40,6 +46,12 @@ rule log_variant_to_mlflow:
         fold_matrices=expand(
             "results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS
         ),
+        correction_scores="results/{variant}/correction_scores.json",
+        corrections="results/{variant}/label_corrections.csv",
+        review="results/{variant}/label_review.html",
+        pseudo_report="results/{variant}/pseudo_labels.json",
+        submission="results/{variant}/submission.csv",
+        submission_metrics="results/{variant}/submission_metrics.json",
     output:
         logged="results/{variant}/mlflow_logged.json",
     log:

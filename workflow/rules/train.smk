@@ -1,8 +1,26 @@
 # Per-fold full fine-tunes through `llamafactory-cli train`, each a nested MLflow run under its
-# variant's parent run. The fold's YAML is written from config.train; DeepSpeed is used when named.
+# variant's parent run. One job creates the MLflow store and experiment before any other touches
+# it: two processes migrating a new SQLite store at once fail. The fold's YAML is written from
+# config.train; DeepSpeed is used when named.
+
+
+rule create_mlflow_experiment:
+    output:
+        experiment="results/mlflow_experiment.json",
+    log:
+        "logs/mlflow/create_experiment.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        experiment=config["mlflow"]["experiment"],
+    script:
+        "../scripts/create_mlflow_experiment.py"
 
 
 rule start_variant_run:
+    input:
+        experiment="results/mlflow_experiment.json",
     output:
         run="results/{variant}/mlflow_run.json",
     log:
@@ -11,8 +29,6 @@ rule start_variant_run:
         "../../envs/core.yaml"
     params:
         variant=variant_settings,
-        tracking_uri=config["mlflow"]["tracking_uri"],
-        experiment=config["mlflow"]["experiment"],
     script:
         "../scripts/start_variant_run.py"
 
