@@ -18,3 +18,8 @@ def log_to(path: str | Path) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught  # the error that stops a job belongs in the rule's log too
+
+
+def _log_uncaught(kind, error, traceback) -> None:
+    logging.getLogger("vlmflow").critical("%s: %s", kind.__name__, error, exc_info=(kind, error, traceback))
