@@ -59,7 +59,6 @@ def select_pseudo_labels(
     tau: float,
     min_agreeing_folds: int,
     per_class_cap: int | None = None,
-    seed: int = 0,
 ) -> tuple[pd.DataFrame, dict]:
     """Choose confident, fold-consistent test predictions as pseudo-labels.
 
@@ -69,8 +68,7 @@ def select_pseudo_labels(
     Returns ``id, label, confidence, agreeing_folds`` sorted by label (label-file order, i.e. column
     order), confidence descending, id; and a report whose counts add up:
     ``candidates = kept + rejected_by_tau + rejected_by_agreement + dropped_by_cap`` (an id failing both
-    tests counts under tau). ``seed`` is accepted for a uniform rule signature but changes nothing:
-    the selection is deterministic.
+    tests counts under tau). The selection is deterministic: no seed.
     """
     columns = _check_fold_tables(fold_test_probs)
     n_folds = len(fold_test_probs)
