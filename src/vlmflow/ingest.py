@@ -345,3 +345,8 @@ def write_ingest_outputs(
     result.records.to_parquet(records_path, index=False)
     result.rejected.to_csv(rejected_path, index=False)
     Path(counts_path).write_text(json.dumps(result.counts(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def read_split_tables(paths: list[str | Path]) -> pd.DataFrame:
+    """Ingested tables of several splits in one frame, each row tagged with its split (the file's stem)."""
+    return pd.concat([pd.read_parquet(path).assign(split=Path(path).stem) for path in paths], ignore_index=True)

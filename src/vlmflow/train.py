@@ -91,7 +91,6 @@ def run_llamafactory(command: list[str], extra_env: dict, log_path: str | Path) 
     # torchrun is looked up on PATH: make the running interpreter's bin folder come first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log_path, "a", encoding="utf-8") as log_file:
-        log_file.flush()
         completed = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     output = Path(log_path).read_text(encoding="utf-8", errors="replace")
     if BEST_MODEL_NOT_LOADED in output:

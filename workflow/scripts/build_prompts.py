@@ -4,15 +4,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlmflow.ingest import read_split_tables
 from vlmflow.labels import load_labels
 from vlmflow.logfile import log_to
 from vlmflow.prompts import PromptVariant, build_prompt_table, write_llamafactory_dataset
 
 log_to(snakemake.log[0])
-records = pd.concat(
-    [pd.read_parquet(path).assign(split=Path(path).stem) for path in snakemake.input.records],
-    ignore_index=True,
-)
+records = read_split_tables(snakemake.input.records)
 ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else pd.DataFrame(columns=["image_sha256", "text"])
 prompts = build_prompt_table(
     records,

@@ -1,12 +1,11 @@
 """OCR one shard of the distinct images of both splits, through the sha256 cache."""
 
-import pandas as pd
-
+from vlmflow.ingest import read_split_tables
 from vlmflow.logfile import log_to
 from vlmflow.ocr import OcrCache, make_ocr_engine, ocr_images, select_shard
 
 log_to(snakemake.log[0])
-records = pd.concat([pd.read_parquet(path) for path in snakemake.input.records])
+records = read_split_tables(snakemake.input.records)
 shard = select_shard(records, int(snakemake.wildcards.shard), snakemake.params.shards)
 engine = make_ocr_engine(snakemake.params.engine, threads=snakemake.threads, **snakemake.params.engine_options)
 cache = OcrCache(snakemake.params.cache_dir, snakemake.params.engine, snakemake.params.engine_options)
