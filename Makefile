@@ -28,8 +28,8 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
-	@echo; echo "Out-of-fold weighted F1 per variant (results/summary/variants.md):"; echo
-	@cat results/summary/variants.md
+	@echo; echo "Ablation summary (results/summary.md, chart results/summary.png):"; echo
+	@cat results/summary.md
 	@echo; echo "Browse every run: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
 
 test: install

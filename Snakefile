@@ -21,6 +21,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/recipe.smk"
+include: "workflow/rules/retrain.smk"
 
 
 rule all:

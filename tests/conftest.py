@@ -44,7 +44,22 @@ def small_demo_config(workdir: Path, **overrides) -> dict:
         "demo": {"n_train": 40, "n_test": 12, "seed": 3, "image_width": 180, "image_height": 320},
         "variants": [{"name": "baseline"}, {"name": "baseline_ocr", "ocr": True}],
         "ocr": {"shards": 2},
-        "train": {"folds": 2, "deepspeed": "none", "threads": 2, "hyperparameters": dict(SMALL_TRAINING)},
+        "train": {
+            "folds": 2,
+            "deepspeed": "none",
+            "gpus_per_run": 0,
+            "threads": 2,
+            "hyperparameters": dict(SMALL_TRAINING),
+        },
+        # Every final-model rule on the least training: one retrained combination, two pseudo rounds.
+        "pseudo": {"tau": 0.0, "min_agreeing_folds": 1, "per_class_cap": 2, "rounds": 2},
+        "final": {
+            "strategy": "retrain",
+            "stages": ["correction", "pseudo"],
+            "ablation": [],
+            "class_floor": 3,
+            "general_data": {"path": "resources/demo/general.json", "ratio": 0.2},
+        },
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -64,11 +64,11 @@ def test_per_class_report_and_confusion_matrix_image(tmp_path):
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_submission_metrics_score_predictions_against_the_truth():
-    from vlmflow.metrics import submission_metrics
+def test_test_set_metrics_score_predictions_against_the_truth():
+    from vlmflow.metrics import test_set_metrics
 
     submission = pd.DataFrame({"id": ["t1", "t2"], "predict": ["退款页面", "支付页面"]})
     truth = pd.DataFrame({"id": ["t2", "t1", "x"], "split": "test", "label": ["退货页面", "退款页面", "支付页面"]})
-    assert submission_metrics(submission, None) == {"n": 2}
-    metrics = submission_metrics(submission, truth)
+    assert test_set_metrics(submission, None, column="predict") == {"n": 2}
+    metrics = test_set_metrics(submission, truth, column="predict")
     assert metrics["test_accuracy"] == 0.5 and metrics["test_n"] == 2

@@ -54,8 +54,13 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
         metrics = json.loads((tmp_path / f"results/{variant}/metrics.json").read_text())
         assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
         assert (tmp_path / f"results/{variant}/fold0/model/training_loss.png").exists()
-    summary = (tmp_path / "results/summary/variants.md").read_text(encoding="utf-8")
+    summary = (tmp_path / "results/summary.md").read_text(encoding="utf-8")
     assert "baseline_ocr" in summary and "out-of-fold weighted F1" in summary
+    assert "test wF1: retrain, correction + pseudo" in summary and "test wF1: averaged folds" in summary
+    table = pd.read_csv(tmp_path / "results/summary.csv")
+    assert list(table["variant"]) == ["baseline", "baseline_ocr"]
+    assert table["test_weighted_f1.retrain_correction_pseudo"].between(0, 1).all()
+    assert (tmp_path / "results/summary.png").stat().st_size > 10_000
 
     # MLflow: a parent run per variant, a nested run per fold with its loss curve and metrics.
     client = MlflowClient(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
@@ -67,8 +72,16 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
         assert parent.info.status == "FINISHED" and "oof_weighted_f1" in parent.data.metrics
         assert {"correction.flagged", "pseudo.kept", "submission.test_weighted_f1"} <= set(parent.data.metrics)
         children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert sorted(run.data.tags["fold"] for run in children) == ["0", "1"]
-        for child in children:
+        folds = [run for run in children if run.data.tags.get("level") == "fold"]
+        assert sorted(run.data.tags["fold"] for run in folds) == ["0", "1"]
+        retrained = {run.info.run_name: run for run in children if run.data.tags.get("level") == "final"}
+        variant = parent.data.tags["variant"]
+        assert set(retrained) == {f"{variant}/retrain/correction_pseudo/round{n}" for n in (1, 2)}
+        final_run = retrained[f"{variant}/retrain/correction_pseudo/round2"]
+        assert "final.test_weighted_f1" in final_run.data.metrics and "training_set.pseudo" in final_run.data.metrics
+        assert len(client.get_metric_history(final_run.info.run_id, "loss")) >= 1
+        assert "final.retrain_correction_pseudo.test_weighted_f1" in parent.data.metrics
+        for child in folds:
             assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
             assert "heldout_weighted_f1" in child.data.metrics
             assert child.data.params["llamafactory.template"] == "qwen2_vl"
@@ -97,8 +110,32 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     submission_bytes = (tmp_path / "results/baseline/submission.csv").read_bytes()
     assert submission_bytes.startswith(b"\xef\xbb\xbf")  # utf-8-sig, as the competition reads it
     final = json.loads((tmp_path / "results/baseline/submission_metrics.json").read_text())
-    assert final["strategy"] == "average_folds" and final["n"] == 12 and 0 <= final["test_weighted_f1"] <= 1
+    assert final["strategy"] == "retrain" and final["n"] == 12 and 0 <= final["test_weighted_f1"] <= 1
+    retrained = json.loads(
+        (tmp_path / "results/baseline/retrain/correction_pseudo/round2/test_metrics.json").read_text()
+    )
+    assert retrained["test_weighted_f1"] == final["test_weighted_f1"]  # the submission is round 2's model
     assert (tmp_path / "results/baseline/final/model/model.safetensors").exists()
+    # Retraining: corrected labels, two pseudo-label rounds (round 2 learns round 1's), balanced, general data.
+    round_dir = tmp_path / "results/baseline/retrain/correction_pseudo"
+    corrected = pd.read_parquet(tmp_path / "results/baseline/train_corrected.parquet").set_index("id")["label"]
+    for round_, pseudo_file in (
+        (1, tmp_path / "results/baseline/pseudo_labels.csv"),
+        (2, round_dir / "round1/pseudo_labels.csv"),
+    ):
+        report = json.loads((round_dir / f"round{round_}/training_set.json").read_text())
+        pseudo_ids = set(pd.read_csv(pseudo_file)["id"])
+        assert report["given_or_corrected"] == 40 and report["pseudo"] == len(pseudo_ids) > 0
+        assert min(report["per_class_after"].values()) >= 3  # class_floor
+        assert report["general_records"] == round(0.2 * report["classification_records"]) > 0
+        prompts = pd.read_parquet(round_dir / f"round{round_}/train_prompts.parquet")
+        assert set(prompts.loc[prompts["source"] == "pseudo", "id"]) == pseudo_ids
+        given = prompts[prompts["source"] == "train"].drop_duplicates("id").set_index("id")["target"]
+        assert (given == corrected.loc[given.index]).all()  # baseline targets are the corrected labels
+        dataset = json.loads(
+            (round_dir / f"round{round_}/dataset/correction_pseudo_round{round_}_train.json").read_text()
+        )
+        assert sum("images" not in record for record in dataset) == report["general_records"]
     submission = pd.read_csv(tmp_path / "results/baseline/submission.csv", encoding="utf-8-sig")
     assert list(submission.columns) == ["id", "predict"]
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])
@@ -112,7 +149,7 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     assert planned, "changing a variant must rerun something"
     assert {rule for rule, _ in planned} >= {"build_prompts", "train_fold", "score_fold", "evaluate_variant"}
     assert not any(rule.startswith("ocr") or rule in ("merge_ocr", "ingest_records") for rule, _ in planned)
-    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_variants"} == {"baseline_ocr"}
+    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_ablation"} == {"baseline_ocr"}
 
     # Writing the baseline's override file reruns exactly the baseline's correction and what reads it.
     config["variants"][1].pop("ocr_max_chars")
@@ -120,11 +157,20 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     overrides.parent.mkdir(parents=True)
     overrides.write_text(f"id,action,label\n{train['id'][0]},relabel,退款页面\n", encoding="utf-8")
     planned = planned_jobs(run_snakemake(tmp_path, config, "--cores", "2", "-n").stdout)
-    assert sorted(planned, key=str) == [
-        ("correct_labels", {"variant": "baseline"}),
-        ("log_variant_to_mlflow", {"variant": "baseline"}),
-        ("summarize_variants", {}),
-    ]
+    assert {rule for rule, _ in planned} == {
+        "correct_labels",
+        "build_final_training_set",
+        "train_final",
+        "score_final_model",
+        "evaluate_final_model",
+        "select_round_pseudo_labels",
+        "write_submission",
+        "evaluate_submission",
+        "log_variant_to_mlflow",
+        "summarize_ablation",
+    }
+    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_ablation"} == {"baseline"}
+    assert sum(rule == "train_final" for rule, _ in planned) == 2  # both rounds; no fold model retrains
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:

@@ -127,26 +127,10 @@ def write_fold_reports(oof: pd.DataFrame, labels: list[str], reports: list[str],
         plot_confusion_matrix(part["given_label"], part["predicted"], labels, matrix_path, f"fold {fold}, held out")
 
 
-SUMMARY_COLUMNS = {
-    "oof_weighted_f1": "out-of-fold weighted F1",
-    "oof_accuracy": "out-of-fold accuracy",
-    "oof_macro_f1": "out-of-fold macro F1",
-    "test_weighted_f1": "test weighted F1 (truth)",
-}
-
-
-def summarize_variants(metrics_by_variant: dict[str, dict]) -> pd.DataFrame:
-    """One row per variant with the headline metrics, in the configured variant order."""
-    rows = []
-    for variant, metrics in metrics_by_variant.items():
-        rows.append({"variant": variant, **{name: metrics.get(key) for key, name in SUMMARY_COLUMNS.items()}})
-    return pd.DataFrame(rows).dropna(axis=1, how="all")
-
-
-def submission_metrics(submission: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
-    """The submission's size and, with a truth file, the competition metric on the test set."""
-    metrics: dict = {"n": int(len(submission))}
+def test_set_metrics(table: pd.DataFrame, truth: pd.DataFrame | None, column: str = "predicted") -> dict:
+    """Test predictions (``id`` and ``column``) against the truth file (the demo's); counts only without one."""
+    metrics: dict = {"n": int(len(table))}
     if truth is not None:
-        true = submission["id"].map(truth.set_index("id")["label"])
-        metrics |= {f"test_{key}": value for key, value in classification_metrics(true, submission["predict"]).items()}
+        true = table["id"].map(truth.set_index("id")["label"])
+        metrics |= {f"test_{key}": value for key, value in classification_metrics(true, table[column]).items()}
     return metrics

@@ -193,12 +193,17 @@ def dataset_info_entry(file_name: str, with_system: bool) -> dict:
     }
 
 
-def write_llamafactory_dataset(prompts: pd.DataFrame, folder: str | Path, name: str) -> Path:
-    """Write ``<folder>/<name>.json`` and ``<folder>/dataset_info.json``; return the data file."""
+def write_llamafactory_dataset(
+    prompts: pd.DataFrame, folder: str | Path, name: str, extra_records: list[dict] = ()
+) -> Path:
+    """Write ``<folder>/<name>.json`` and ``<folder>/dataset_info.json``; return the data file.
+
+    ``extra_records`` (text-only chat records, e.g. ``vlmflow.general_data``) are appended as they are.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data_file = folder / f"{name}.json"
-    records = to_sharegpt(prompts)
+    records = to_sharegpt(prompts) + list(extra_records)
     data_file.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     info = {name: dataset_info_entry(data_file.name, with_system=any("system" in r for r in records))}
     (folder / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")

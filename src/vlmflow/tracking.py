@@ -89,16 +89,21 @@ def start_variant_run(client: MlflowClient, experiment_id: str, variant: str, se
     return run.info.run_id
 
 
-def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int) -> str:
-    """Create a nested child run for one fold; LLaMA-Factory's callback then logs into it via MLFLOW_RUN_ID."""
-    tags = {
-        "mlflow.parentRunId": parent_run_id,
-        "variant": variant,
-        "fold": str(fold),
-        "level": "fold",
-    }
-    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=f"{variant}/fold{fold}"))
+def start_child_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, name: str, **tags
+) -> str:
+    """Create a run nested under the variant's parent, named ``<variant>/<name>``; return its id.
+
+    LLaMA-Factory's MLflow callback then logs training into it through MLFLOW_RUN_ID.
+    """
+    tags = {"mlflow.parentRunId": parent_run_id, "variant": variant, **tags}
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=f"{variant}/{name}"))
     return run.info.run_id
+
+
+def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int) -> str:
+    """The child run of one fold's fine-tune."""
+    return start_child_run(client, experiment_id, parent_run_id, variant, f"fold{fold}", fold=str(fold), level="fold")
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
@@ -150,8 +155,8 @@ def flatten_params(settings: dict, prefix: str) -> list:
     return params
 
 
-def log_fold_training(client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path) -> None:
-    """Attach the fold's LLaMA-Factory YAML (as params and as a file), loss plot and trainer state."""
+def log_training(client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path) -> None:
+    """Attach a fine-tune's LLaMA-Factory YAML (as params and as a file), loss plot and trainer state."""
     settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     retry_locked(lambda: client.log_batch(run_id, params=flatten_params(settings, "llamafactory")))
     model_dir = Path(model_dir)
@@ -188,3 +193,16 @@ def numeric_metrics(report: dict, prefix: str) -> dict[str, float]:
         for key, value in report.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+
+
+def log_summary_run(experiment: dict, metrics: dict[str, float], artifacts: list[str | Path]) -> str:
+    """Log the ablation summary as its own run of the experiment (tagged level=summary); return its id.
+
+    A new run each time the summary is rebuilt, so earlier summaries stay comparable in the UI.
+    """
+    client = MlflowClient(experiment["tracking_uri"])
+    tags = {"level": "summary", "git_commit": git_commit()}
+    run = retry_locked(lambda: client.create_run(experiment["experiment_id"], tags=tags, run_name="ablation summary"))
+    log_results(client, run.info.run_id, metrics, artifacts)
+    finish_run(client, run.info.run_id)
+    return run.info.run_id

@@ -59,18 +59,22 @@ def llamafactory_config(
     return settings
 
 
-def write_fold_inputs(
-    prompts: pd.DataFrame, folds: pd.DataFrame, fold: int, workdir: str | Path, settings: dict
+def write_training_inputs(
+    prompts: pd.DataFrame, workdir: str | Path, settings: dict, extra_records: list[dict] = ()
 ) -> Path:
-    """Write the fold's sharegpt dataset and its YAML under ``workdir``; return the YAML's path."""
+    """Write the labelled prompts (plus text-only ``extra_records``) as a sharegpt dataset and the YAML
+    under ``workdir``; return the YAML's path."""
     workdir = Path(workdir)
-    part = fold_training_part(prompts, folds, fold)
-    if part.empty:
-        raise ValueError(f"fold {fold} has no training records")
-    write_llamafactory_dataset(part, workdir / "dataset", settings["dataset"])
+    write_llamafactory_dataset(prompts, workdir / "dataset", settings["dataset"], extra_records)
     config_path = workdir / "llamafactory.yaml"
     config_path.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    log.info("fold %d: %d training records, YAML %s", fold, len(part), config_path)
+    log.info(
+        "%s: %d training records + %d extra, YAML %s",
+        settings["dataset"],
+        len(prompts),
+        len(extra_records),
+        config_path,
+    )
     return config_path
 
 
@@ -105,11 +109,10 @@ def run_llamafactory(command: list[str], extra_env: dict, log_path: str | Path) 
         )
 
 
-def train_fold(
+def train_model(
     *,
     prompts: pd.DataFrame,
-    folds: pd.DataFrame,
-    fold: int,
+    dataset: str,
     workdir: str | Path,
     model: str,
     hyperparameters: dict,
@@ -119,26 +122,39 @@ def train_fold(
     log_path: str | Path,
     threads: int = 1,
     extra_env: dict | None = None,
+    extra_records: list[dict] = (),
 ) -> Path:
-    """Fine-tune one fold: write its dataset and YAML under ``workdir``, train into ``workdir/model``.
+    """Fine-tune on the labelled ``prompts``: write the dataset and YAML under ``workdir``, train into
+    ``workdir/model``; return the YAML's path.
 
-    ``extra_env`` carries MLflow's variables (``tracking.training_environment``) when a run is open.
+    ``extra_env`` carries MLflow's variables (``tracking.training_environment``) when a run is open;
+    ``extra_records`` are text-only chat records mixed into the dataset (general data).
     """
     workdir = Path(workdir)
     settings = llamafactory_config(
         model=model,
         dataset_dir=workdir / "dataset",
-        dataset=f"fold{fold}_train",
+        dataset=dataset,
         output_dir=workdir / "model",
         hyperparameters=hyperparameters,
         deepspeed_config=deepspeed_config,
-        report_to_mlflow=bool(extra_env),
+        report_to_mlflow="MLFLOW_RUN_ID" in (extra_env or {}),
         seed=seed,
     )
-    config_path = write_fold_inputs(prompts, folds, fold, workdir, settings)
+    if prompts["target"].isna().all():
+        raise ValueError(f"{dataset}: no labelled records to train on")
+    config_path = write_training_inputs(prompts, workdir, settings, extra_records)
     command, env = llamafactory_command(config_path, deepspeed=deepspeed_config is not None, processes=processes)
     # The trainer's CPU thread pool follows the job's threads: more threads than cores was up to
     # 10x slower on a shared 2-core machine.
     env["OMP_NUM_THREADS"] = str(threads)
     run_llamafactory(command, {**env, **(extra_env or {})}, log_path)
     return config_path
+
+
+def train_fold(*, prompts: pd.DataFrame, folds: pd.DataFrame, fold: int, **training) -> Path:
+    """Fine-tune one fold on its training part (the held-out fold never seen); see ``train_model``."""
+    part = fold_training_part(prompts, folds, fold)
+    if part.empty:
+        raise ValueError(f"fold {fold} has no training records")
+    return train_model(prompts=part, dataset=f"fold{fold}_train", **training)

@@ -5,7 +5,9 @@ from pathlib import Path
 # common.smk imports the library straight from src/; jobs import the installed one (`make install`).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from vlmflow.final_training import final_round, stage_set, stage_set_name
 from vlmflow.labels import load_labels
+from vlmflow.summary import AVERAGE_FOLDS, retrained_model_name
 
 SPLITS = ["train", "test"]
 DEMO_MODEL_DIR = "resources/demo/tiny-qwen2-vl"
@@ -15,12 +17,34 @@ FOLDS = list(range(config["train"]["folds"]))
 
 LABELS = load_labels(config["labels"])
 
+# Final models retrained on stage combinations (none, correction, pseudo, correction_pseudo): those the
+# ablation compares, plus the submission's when final.strategy is retrain.
+ROUNDS = config["pseudo"]["rounds"]
+ABLATION = list(
+    dict.fromkeys(stage_set_name(stages) for stages in config["final"]["ablation"])
+)
+SUBMITTED_STAGES = stage_set_name(config["final"]["stages"])
+RETRAINED = list(
+    dict.fromkeys(
+        ABLATION
+        + ([SUBMITTED_STAGES] if config["final"]["strategy"] == "retrain" else [])
+    )
+)
+# Final models besides the fold ensemble, by name, and the one the submission comes from.
+FINAL_MODELS = [AVERAGE_FOLDS, *(retrained_model_name(stages) for stages in RETRAINED)]
+SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STAGES)}.get(
+    config["final"]["strategy"], config["final"]["strategy"]
+)
+
 
 wildcard_constraints:
     split="|".join(SPLITS),
     variant="|".join(VARIANTS),
     fold=r"\d+",
     shard=r"\d+",
+    stages="none|correction|pseudo|correction_pseudo",
+    round=r"\d+",
+    final_model=r"final|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
 
 
 def data_file(wildcards):
@@ -60,6 +84,11 @@ def deepspeed_config():
     return [] if name == "none" else str(DEEPSPEED_DIR / f"{name}.json")
 
 
+def training_processes():
+    """DeepSpeed ranks per fine-tune: train.processes, else one per GPU."""
+    return config["train"]["processes"] or max(1, config["train"]["gpus_per_run"])
+
+
 def truth_file():
     """The truth file (evaluation only) when one is configured."""
     return config["data"]["truth"] or []
@@ -75,11 +104,62 @@ def override_file(wildcards):
     return path if Path(path).exists() else []
 
 
+def retrained_dir(variant, stages):
+    """Where the final round's model of a stage combination lives."""
+    return f"results/{variant}/retrain/{stages}/round{final_round(stages, ROUNDS)}"
+
+
+def final_model_dirs(variant):
+    """Every final model of a variant but the fold ensemble, by name: the averaged folds and the retrained ones."""
+    dirs = {AVERAGE_FOLDS: f"results/{variant}/final"}
+    return dirs | {
+        retrained_model_name(stages): retrained_dir(variant, stages)
+        for stages in RETRAINED
+    }
+
+
+def final_model_metrics(variant):
+    return [f"{path}/test_metrics.json" for path in final_model_dirs(variant).values()]
+
+
+def retrained_files(variant, name):
+    """A file of each retrained final model of a variant, in RETRAINED order."""
+    return [f"{retrained_dir(variant, stages)}/{name}" for stages in RETRAINED]
+
+
 def submission_probabilities(wildcards):
-    """Test probabilities of the final model: the weight-averaged fold model, or the fold ensemble."""
-    if config["final"]["strategy"] == "average_folds":
+    """Test probabilities of the submitted model: retrained, weight-averaged folds, or the fold ensemble."""
+    strategy = config["final"]["strategy"]
+    if strategy == "retrain":
+        return (
+            f"{retrained_dir(wildcards.variant, SUBMITTED_STAGES)}/test_probs.parquet"
+        )
+    if strategy == "average_folds":
         return f"results/{wildcards.variant}/final/test_probs.parquet"
     return f"results/{wildcards.variant}/test_probs.parquet"
+
+
+def final_training_labels(wildcards):
+    """The training records a final model starts from: corrected when its combination corrects."""
+    if "correction" in stage_set(wildcards.stages):
+        return f"results/{wildcards.variant}/train_corrected.parquet"
+    return "results/data/train.parquet"
+
+
+def round_pseudo_labels(wildcards):
+    """Round 1 learns from the fold models' pseudo-labels, round n from round n-1's retrained model."""
+    if "pseudo" not in stage_set(wildcards.stages):
+        return []
+    round_ = int(wildcards.round)
+    if round_ == 1:
+        return f"results/{wildcards.variant}/pseudo_labels.csv"
+    return f"results/{wildcards.variant}/retrain/{wildcards.stages}/round{round_ - 1}/pseudo_labels.csv"
+
+
+def general_data():
+    """The general instruction file mixed into final fits, when one is configured."""
+    path = config["final"]["general_data"]["path"]
+    return [path] if path else []
 
 
 def all_targets():
@@ -88,10 +168,10 @@ def all_targets():
         *base_model(),
         *expand("results/{variant}/prompts.parquet", variant=VARIANTS),
         "results/folds/folds.csv",
-        "results/summary/variants.md",
+        "results/summary.md",
         *expand(
             "results/{variant}/{name}",
             variant=VARIANTS,
-            name=["label_corrections.csv", "pseudo_labels.csv", "submission.csv"],
+            name=["label_review.html", "pseudo_labels.csv", "submission.csv"],
         ),
     ]

@@ -37,3 +37,17 @@ rule build_tiny_model:
         demo=config["demo"],
     script:
         "../scripts/build_tiny_model.py"
+
+
+rule make_demo_general_data:
+    output:
+        general="resources/demo/general.json",
+    log:
+        "logs/demo/make_demo_general_data.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        seed=config["demo"]["seed"],
+        n=60,  # a few dozen records are enough to show the mixing; ratio decides how many are used
+    script:
+        "../scripts/make_demo_general_data.py"

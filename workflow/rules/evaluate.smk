@@ -52,28 +52,49 @@ rule log_variant_to_mlflow:
         pseudo_report="results/{variant}/pseudo_labels.json",
         submission="results/{variant}/submission.csv",
         submission_metrics="results/{variant}/submission_metrics.json",
+        final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),
+        retrained_runs=lambda wildcards: retrained_files(
+            wildcards.variant, "mlflow_run.json"
+        ),
+        training_sets=lambda wildcards: retrained_files(
+            wildcards.variant, "training_set.json"
+        ),
     output:
         logged="results/{variant}/mlflow_logged.json",
     log:
         "logs/mlflow/{variant}_metrics.log",
     conda:
         "../../envs/core.yaml"
+    params:
+        final_models=FINAL_MODELS,
+        retrained=[retrained_model_name(stages) for stages in RETRAINED],
     script:
         "../scripts/log_variant_to_mlflow.py"
 
 
-rule summarize_variants:
+rule summarize_ablation:
     input:
         metrics=expand("results/{variant}/metrics.json", variant=VARIANTS),
+        correction_scores=expand(
+            "results/{variant}/correction_scores.json", variant=VARIANTS
+        ),
+        final_metrics=[
+            path for variant in VARIANTS for path in final_model_metrics(variant)
+        ],
         logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
+        experiment="results/mlflow_experiment.json",
     output:
-        table="results/summary/variants.csv",
-        markdown="results/summary/variants.md",
+        table="results/summary.csv",
+        markdown="results/summary.md",
+        chart="results/summary.png",
+        run="results/summary_mlflow_run.json",
     log:
-        "logs/summary/variants.log",
+        "logs/summary/ablation.log",
     conda:
         "../../envs/core.yaml"
     params:
         variants=list(VARIANTS),
+        final_models=FINAL_MODELS,
+        submitted=SUBMITTED_MODEL,
     script:
-        "../scripts/summarize_variants.py"
+        "../scripts/summarize_ablation.py"

@@ -1,6 +1,7 @@
 # The second half of the recipe, per variant: label correction from the out-of-fold probabilities
-# (with a review page and user overrides), pseudo-labels for confident test images, and the
-# submission from the final model (the fold models' averaged weights, or their averaged probabilities).
+# (with a review page and user overrides), pseudo-labels for confident test images, the fold models'
+# averaged weights, test scores and metrics of every final model (retrained ones: retrain.smk), and
+# the submission from the one final.strategy names.
 
 
 rule correct_labels:
@@ -81,15 +82,15 @@ rule average_fold_models:
 
 rule score_final_model:
     input:
-        model="results/{variant}/final/model",
+        model="results/{variant}/{final_model}/model",
         prompts="results/{variant}/prompts.parquet",
         labels=config["labels"],
     output:
-        test="results/{variant}/final/test_probs.parquet",
+        test="results/{variant}/{final_model}/test_probs.parquet",
     log:
-        "logs/final/{variant}_score.log",
+        "logs/final/{variant}/{final_model}_score.log",
     benchmark:
-        "benchmarks/final/{variant}_score.tsv"
+        "benchmarks/final/{variant}/{final_model}_score.tsv"
     conda:
         "../../envs/train.yaml"
     threads: config["score"]["threads"]
@@ -101,6 +102,20 @@ rule score_final_model:
         max_new_tokens=config["score"]["max_new_tokens"],
     script:
         "../scripts/score_final_model.py"
+
+
+rule evaluate_final_model:
+    input:
+        test="results/{variant}/{final_model}/test_probs.parquet",
+        truth=truth_file(),
+    output:
+        metrics="results/{variant}/{final_model}/test_metrics.json",
+    log:
+        "logs/final/{variant}/{final_model}_metrics.log",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/evaluate_final_model.py"
 
 
 rule evaluate_submission:

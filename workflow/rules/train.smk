@@ -56,7 +56,7 @@ rule train_fold:
     params:
         model=base_model_name,
         hyperparameters=config["train"]["hyperparameters"],
-        processes=max(1, config["train"]["gpus_per_run"]),
+        processes=training_processes(),
         seed=config["train"]["seed"],
     script:
         "../scripts/train_fold.py"

@@ -5,12 +5,12 @@ import json
 import pandas as pd
 
 from vlmflow.logfile import log_to
-from vlmflow.metrics import submission_metrics
+from vlmflow.metrics import test_set_metrics
 from vlmflow.submission import read_submission
 
 log_to(snakemake.log[0])
 truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
-metrics = submission_metrics(read_submission(snakemake.input.submission), truth) | {
+metrics = test_set_metrics(read_submission(snakemake.input.submission), truth, column="predict") | {
     "strategy": snakemake.params.strategy
 }
 with open(snakemake.output.metrics, "w", encoding="utf-8") as metrics_file:

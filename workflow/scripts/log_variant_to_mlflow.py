@@ -1,18 +1,37 @@
-"""Log a variant's metrics and plots to its MLflow parent run and its folds' child runs."""
+"""Log a variant's metrics and plots to its MLflow parent run, its folds' and its final models' child runs."""
 
 import json
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from vlmflow.logfile import log_to
-from vlmflow.tracking import log_variant_results, numeric_metrics, read_run
+from vlmflow.tracking import log_results, log_variant_results, numeric_metrics, read_run
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
 
 log_to(snakemake.log[0])
 parent = read_run(snakemake.input.parent_run)
-metrics = json.loads(open(snakemake.input.metrics, encoding="utf-8").read())
-metrics |= numeric_metrics(json.loads(open(snakemake.input.correction_scores, encoding="utf-8").read()), "correction")
-metrics |= numeric_metrics(json.loads(open(snakemake.input.pseudo_report, encoding="utf-8").read()), "pseudo")
-metrics |= numeric_metrics(json.loads(open(snakemake.input.submission_metrics, encoding="utf-8").read()), "submission")
+metrics = read_json(snakemake.input.metrics)
+metrics |= numeric_metrics(read_json(snakemake.input.correction_scores), "correction")
+metrics |= numeric_metrics(read_json(snakemake.input.pseudo_report), "pseudo")
+metrics |= numeric_metrics(read_json(snakemake.input.submission_metrics), "submission")
+final = {
+    name: read_json(path)
+    for name, path in zip(snakemake.params.final_models, snakemake.input.final_metrics, strict=True)
+}
+for name, final_metrics in final.items():
+    metrics |= numeric_metrics(final_metrics, f"final.{name}")
+client = MlflowClient(parent["tracking_uri"])
+for name, run, training_set in zip(
+    snakemake.params.retrained, snakemake.input.retrained_runs, snakemake.input.training_sets, strict=True
+):
+    numbers = numeric_metrics(final[name], "final") | numeric_metrics(read_json(training_set), "training_set")
+    log_results(client, read_run(run)["run_id"], numbers, [training_set])
 log_variant_results(
     parent,
     [read_run(path) for path in snakemake.input.fold_runs],

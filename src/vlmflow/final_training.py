@@ -1,0 +1,130 @@
+"""The final model's training set: the recipe's stages combined, then shaped before the fit.
+
+A stage combination names what the final model trains on: ``none`` (the labels as given),
+``correction`` (the corrected labels), ``pseudo`` (given labels plus confident test pseudo-labels) or
+``correction_pseudo``. Pseudo-labels come in rounds (Noisy-Student style): round 1 uses the fold models'
+pseudo-labels, round n the pseudo-labels of round n-1's retrained model. Shaping then oversamples
+classes below a floor and mixes in a share of general instruction records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import pandas as pd
+
+from vlmflow.general_data import sample_general_records
+from vlmflow.labels import Label
+from vlmflow.prompts import PromptVariant, build_prompt_table
+from vlmflow.pseudo import pseudo_training_records
+
+log = logging.getLogger(__name__)
+
+STAGES = ("correction", "pseudo")
+NO_STAGES = "none"
+GIVEN_SOURCE = "train"
+
+
+def stage_set_name(stages: Iterable[str]) -> str:
+    """The directory and run name of a stage combination: its stages in recipe order, or ``none``."""
+    stages = list(stages)
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
+    return "_".join(stage for stage in STAGES if stage in stages) or NO_STAGES
+
+
+def stage_set(name: str) -> list[str]:
+    """The stages of a combination name written by ``stage_set_name``."""
+    stages = [] if name == NO_STAGES else name.split("_")
+    if stage_set_name(stages) != name:
+        raise ValueError(f"{name!r} is not a stage combination name")
+    return stages
+
+
+def final_round(name: str, rounds: int) -> int:
+    """The round whose model is final: the last pseudo-label round, or round 1 without pseudo-labels."""
+    return rounds if "pseudo" in stage_set(name) else 1
+
+
+def final_training_records(
+    train_records: pd.DataFrame, pseudo_selected: pd.DataFrame | None = None, test_records: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The training records (given or corrected labels) plus pseudo-labelled test records, with a ``source``."""
+    records = train_records.assign(source=GIVEN_SOURCE)
+    if pseudo_selected is not None and len(pseudo_selected):
+        pseudo = pseudo_training_records(pseudo_selected, test_records, train_ids=records["id"])
+        records = pd.concat([records, pseudo], ignore_index=True)
+    return records.assign(split="train")
+
+
+def balance_classes(prompts: pd.DataFrame, labels: pd.Series, floor: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Oversample every class with fewer than ``floor`` records up to ``floor``, repeating its records.
+
+    Repeats are drawn with replacement from the class's own records (seeded), so a class of 1 becomes
+    ``floor`` copies of it. ``labels`` is aligned with ``prompts``. Returns the table and counts per class.
+    """
+    before = labels.value_counts()
+    extra = []
+    for label, count in before.items():
+        if count < floor:
+            members = prompts[(labels == label).to_numpy()]
+            extra.append(members.sample(floor - count, replace=True, random_state=seed))
+    balanced = pd.concat([prompts, *extra], ignore_index=True) if extra else prompts.reset_index(drop=True)
+    after = pd.concat([labels, *[labels.loc[part.index] for part in extra]]).value_counts()
+    report = {
+        "class_floor": floor,
+        "oversampled_records": int(sum(len(part) for part in extra)),
+        "per_class_before": {str(label): int(count) for label, count in before.items()},
+        "per_class_after": {str(label): int(after[label]) for label in before.index},
+    }
+    if extra:
+        log.info(
+            "class floor %d: %d repeated record(s) added to %d class(es)",
+            floor,
+            report["oversampled_records"],
+            len(extra),
+        )
+    return balanced, report
+
+
+def build_final_training_set(
+    records: pd.DataFrame,
+    ocr_text: dict[str, str],
+    variant: PromptVariant,
+    labels: list[Label],
+    *,
+    class_floor: int,
+    general_records: list[dict],
+    general_ratio: float,
+    seed: int,
+    warn_chars: int = 2500,
+    max_chars: int = 6000,
+) -> tuple[pd.DataFrame, list[dict], dict]:
+    """Prompts and targets of the final fit (balanced), the sampled general records, and a report.
+
+    Targets are rebuilt from the records' (possibly corrected or pseudo) labels, so a reason variant's
+    answer agrees with its label.
+    """
+    prompts = build_prompt_table(records, ocr_text, variant, labels, warn_chars=warn_chars, max_chars=max_chars)
+    prompts["source"] = records["source"].to_numpy()
+    balanced, balance = balance_classes(prompts, records["label"].reset_index(drop=True), class_floor, seed)
+    general = sample_general_records(general_records, len(balanced), general_ratio, seed) if general_records else []
+    report = {
+        "records": len(records),
+        "given_or_corrected": int((records["source"] == GIVEN_SOURCE).sum()),
+        "pseudo": int((records["source"] != GIVEN_SOURCE).sum()),
+        **balance,
+        "classification_records": len(balanced),
+        "general_records": len(general),
+        "general_ratio": general_ratio,
+    }
+    log.info(
+        "final training set: %d given/corrected + %d pseudo records, %d after balancing, %d general",
+        report["given_or_corrected"],
+        report["pseudo"],
+        len(balanced),
+        len(general),
+    )
+    return balanced, general, report

@@ -1,0 +1,78 @@
+import pandas as pd
+import pytest
+
+from vlmflow.final_training import (
+    balance_classes,
+    build_final_training_set,
+    final_round,
+    final_training_records,
+    stage_set,
+    stage_set_name,
+)
+from vlmflow.labels import Label
+from vlmflow.prompts import PromptVariant
+
+LABELS = [Label("退款页面", "退款"), Label("退货页面", "退货"), Label("支付页面", "支付")]
+
+
+def records(ids, labels, prefix="img"):
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "image_path": [f"/{prefix}/{i}.jpg" for i in ids],
+            "label": pd.array(labels, dtype="string"),
+            "image_sha256": [f"sha-{i}" for i in ids],
+            "width": 10,
+            "height": 20,
+        }
+    )
+
+
+def test_stage_combination_names_are_canonical_and_round_trip():
+    assert stage_set_name([]) == "none"
+    assert stage_set_name(["pseudo", "correction"]) == "correction_pseudo"
+    assert stage_set("correction_pseudo") == ["correction", "pseudo"] and stage_set("none") == []
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_set_name(["distillation"])
+    assert final_round("correction_pseudo", 3) == 3 and final_round("correction", 3) == 1
+
+
+def test_pseudo_labelled_test_records_join_the_training_records_with_their_source():
+    train = records(["a", "b"], ["退款页面", "支付页面"])
+    test = records(["t1", "t2"], [None, None], prefix="test")
+    pseudo = pd.DataFrame({"id": ["t2"], "label": ["退货页面"], "confidence": [0.9], "agreeing_folds": [2]})
+    combined = final_training_records(train, pseudo, test)
+    assert list(combined["id"]) == ["a", "b", "t2"] and list(combined["source"]) == ["train", "train", "pseudo"]
+    assert combined.set_index("id").loc["t2", "image_path"] == "/test/t2.jpg"
+    assert (combined["split"] == "train").all()
+    assert len(final_training_records(train, None, None)) == 2
+
+
+def test_classes_below_the_floor_are_oversampled_to_it_and_no_others():
+    labels = pd.Series(["退款页面"] * 5 + ["退货页面"] * 2 + ["支付页面"])
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(8)]})
+    balanced, report = balance_classes(table, labels, floor=4, seed=0)
+    assert report["per_class_before"] == {"退款页面": 5, "退货页面": 2, "支付页面": 1}
+    assert report["per_class_after"] == {"退款页面": 5, "退货页面": 4, "支付页面": 4}
+    assert report["oversampled_records"] == 5 and len(balanced) == 13
+    assert set(balanced["id"][8:]) <= {"r5", "r6", "r7"}  # repeats of the small classes only
+    assert (balanced["id"] == "r7").sum() == 4
+    unchanged, report = balance_classes(table, labels, floor=0, seed=0)
+    assert len(unchanged) == 8 and report["oversampled_records"] == 0
+
+
+def test_final_training_set_rebuilds_targets_from_the_new_labels_and_mixes_general_records():
+    train = records(["a", "b", "c"], ["退款页面", "退款页面", "支付页面"])  # "c" was corrected to 支付页面
+    combined = final_training_records(train)
+    variant = PromptVariant(name="reason", reason=True)
+    general = [
+        {"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]} for i in range(20)
+    ]
+    prompts, sample, report = build_final_training_set(
+        combined, {}, variant, LABELS, class_floor=2, general_records=general, general_ratio=0.5, seed=0
+    )
+    targets = prompts.groupby("id")["target"].first()
+    assert '"所属类别": "支付页面"' in targets["c"] and '"所属类别": "退款页面"' in targets["a"]
+    assert len(prompts) == 4 and report["oversampled_records"] == 1  # 支付页面 raised to the floor of 2
+    assert len(sample) == 2 == report["general_records"]  # round(0.5 * 4)
+    assert report["given_or_corrected"] == 3 and report["pseudo"] == 0

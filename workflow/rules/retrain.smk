@@ -1,0 +1,79 @@
+# Final models retrained on the recipe's stage combinations, per variant: the corrected labels, the
+# test pseudo-labels (in rounds, Noisy-Student style) or both, with classes balanced and general data
+# mixed in. Each fit is a child run of the variant's MLflow run; each model scores the test set.
+
+
+rule build_final_training_set:
+    input:
+        records=final_training_labels,
+        test_records="results/data/test.parquet",
+        pseudo_labels=round_pseudo_labels,
+        ocr=ocr_table_if_needed,
+        general=general_data(),
+        labels=config["labels"],
+    output:
+        prompts="results/{variant}/retrain/{stages}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{stages}/round{round}/general_records.json",
+        report="results/{variant}/retrain/{stages}/round{round}/training_set.json",
+    log:
+        "logs/retrain/{variant}/{stages}/round{round}_training_set.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        variant=variant_settings,
+        class_floor=config["final"]["class_floor"],
+        general_format=config["final"]["general_data"]["format"],
+        general_ratio=config["final"]["general_data"]["ratio"],
+        seed=config["train"]["seed"],
+        warn_chars=config["prompt"]["warn_chars"],
+        max_chars=config["prompt"]["max_chars"],
+    script:
+        "../scripts/build_final_training_set.py"
+
+
+rule train_final:
+    input:
+        prompts="results/{variant}/retrain/{stages}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{stages}/round{round}/general_records.json",
+        parent_run="results/{variant}/mlflow_run.json",
+        base_model=base_model(),
+        deepspeed=deepspeed_config(),
+    output:
+        model=directory("results/{variant}/retrain/{stages}/round{round}/model"),
+        config="results/{variant}/retrain/{stages}/round{round}/llamafactory.yaml",
+        run="results/{variant}/retrain/{stages}/round{round}/mlflow_run.json",
+    log:
+        "logs/retrain/{variant}/{stages}/round{round}.log",
+    benchmark:
+        "benchmarks/retrain/{variant}/{stages}/round{round}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus_per_run"],
+    params:
+        model=base_model_name,
+        hyperparameters=config["train"]["hyperparameters"],
+        processes=training_processes(),
+        seed=config["train"]["seed"],
+    script:
+        "../scripts/train_final.py"
+
+
+rule select_round_pseudo_labels:
+    input:
+        test=["results/{variant}/retrain/{stages}/round{round}/test_probs.parquet"],
+        labels=config["labels"],
+    output:
+        pseudo_labels="results/{variant}/retrain/{stages}/round{round}/pseudo_labels.csv",
+        report="results/{variant}/retrain/{stages}/round{round}/pseudo_labels.json",
+    log:
+        "logs/retrain/{variant}/{stages}/round{round}_pseudo.log",
+    conda:
+        "../../envs/core.yaml"
+    params:
+        tau=config["pseudo"]["tau"],
+        min_agreeing_folds=1,  # one retrained model: agreement is trivially met
+        per_class_cap=config["pseudo"]["per_class_cap"],
+    script:
+        "../scripts/select_pseudo_labels.py"

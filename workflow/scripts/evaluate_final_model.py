@@ -1,0 +1,14 @@
+"""Test metrics of one final model against the truth file (the demo's); counts only without one."""
+
+import json
+
+import pandas as pd
+
+from vlmflow.logfile import log_to
+from vlmflow.metrics import test_set_metrics
+
+log_to(snakemake.log[0])
+truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
+metrics = test_set_metrics(pd.read_parquet(snakemake.input.test), truth)
+with open(snakemake.output.metrics, "w", encoding="utf-8") as metrics_file:
+    json.dump(metrics, metrics_file, indent=2)

@@ -1,0 +1,11 @@
+"""Write the demo's small general instruction set (alpaca format), mixed into final fits."""
+
+import json
+
+from vlmflow.general_data import demo_general_records
+from vlmflow.logfile import log_to
+
+log_to(snakemake.log[0])
+records = demo_general_records(snakemake.params.n, snakemake.params.seed)
+with open(snakemake.output.general, "w", encoding="utf-8") as general:
+    json.dump(records, general, ensure_ascii=False, indent=1)
