@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint dry-run clean
+.PHONY: install demo test lint dry-run bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Costs of the last `make demo` and of the workflow's machinery; see docs/benchmarks.md.
+bench: install
+	$(BIN)/python benchmarks/bench.py
 
 lint: install
 	$(BIN)/ruff check .
