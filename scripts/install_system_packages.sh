@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # System packages the workflow needs beyond Python: a CJK font to render the demo's Chinese
-# screenshots. Installs from Debian's packages when run as root; otherwise says what to run.
+# screenshots, and SLURM with munge for the one-node cluster tests/test_slurm.py starts
+# (scripts/start_slurm.sh). Installs from Debian's packages when run as root; otherwise says what
+# to run. Without the font nothing works, so its absence fails; without SLURM only its test skips.
 set -euo pipefail
-if fc-list 2>/dev/null | grep -qiE "wqy|noto.*cjk|source han"; then
+missing=()
+has_font=yes
+if ! fc-list 2>/dev/null | grep -qiE "wqy|noto.*cjk|source han"; then
+  has_font=no
+  missing+=(fonts-wqy-microhei)
+fi
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  missing+=(slurm-wlm munge)
+fi
+if [ ${#missing[@]} = 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei
-else
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+elif [ "$has_font" = no ]; then
   echo "No CJK font found. Install one, e.g.: sudo apt-get install -y fonts-wqy-microhei" >&2
   echo "(or point VLMFLOW_CJK_FONT at any .ttf/.ttc font with Chinese glyphs)" >&2
   exit 1
+else
+  echo "SLURM is not installed; its test will skip. To run it: sudo apt-get install -y slurm-wlm munge" >&2
 fi

@@ -32,7 +32,7 @@ with lease_gpus({count}, pool="0,1,2,3", lock_dir="{lock_dir}") as lease:
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
     """No pool variables from the machine running the tests."""
-    for name in (POOL_VARIABLE, "VLMFLOW_GPU_LOCK_DIR", "CUDA_VISIBLE_DEVICES", "MASTER_PORT"):
+    for name in (POOL_VARIABLE, "VLMFLOW_GPU_LOCK_DIR", "CUDA_VISIBLE_DEVICES", "MASTER_PORT", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -221,3 +221,18 @@ def test_snakemake_jobs_never_share_a_device(tmp_path):
         for second in records
         if first is not second
     )
+
+
+def test_under_slurm_the_allocated_devices_are_used_without_locks(tmp_path, monkeypatch):
+    # SLURM numbers each job's GPUs from 0: two jobs on one node both see device 0, and must not wait.
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with (
+        lease_gpus(1, lock_dir=tmp_path, timeout=0.1) as first,
+        lease_gpus(1, lock_dir=tmp_path, timeout=0.1) as second,
+    ):
+        assert first.devices == second.devices == ("0",)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and first.master_port != second.master_port
+    with pytest.raises(ValueError, match="asks for 2 GPUs"):
+        with lease_gpus(2, lock_dir=tmp_path):
+            pass

@@ -44,6 +44,8 @@ rule make_demo_general_data:
         general="resources/demo/general.json",
     log:
         "logs/demo/make_demo_general_data.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:

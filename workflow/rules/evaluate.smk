@@ -50,6 +50,8 @@ rule log_variant_to_mlflow:
         corrections="results/{variant}/label_corrections.csv",
         review="results/{variant}/label_review.html",
         pseudo_report="results/{variant}/pseudo_labels.json",
+        pseudo_labels="results/{variant}/pseudo_labels.csv",
+        decisions="results/{variant}/label_decisions.csv",
         submission="results/{variant}/submission.csv",
         submission_metrics="results/{variant}/submission_metrics.json",
         final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),
@@ -63,6 +65,8 @@ rule log_variant_to_mlflow:
         logged="results/{variant}/mlflow_logged.json",
     log:
         "logs/mlflow/{variant}_metrics.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:
@@ -90,6 +94,8 @@ rule summarize_ablation:
         run="results/summary_mlflow_run.json",
     log:
         "logs/summary/ablation.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:

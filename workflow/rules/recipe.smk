@@ -40,6 +40,8 @@ rule select_pseudo_labels:
         report="results/{variant}/pseudo_labels.json",
     log:
         "logs/pseudo/{variant}.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:
@@ -59,6 +61,8 @@ rule write_submission:
         submission="results/{variant}/submission.csv",
     log:
         "logs/submission/{variant}.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     script:
@@ -112,6 +116,8 @@ rule evaluate_final_model:
         metrics="results/{variant}/{final_model}/test_metrics.json",
     log:
         "logs/final/{variant}/{final_model}_metrics.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     script:
@@ -126,6 +132,8 @@ rule evaluate_submission:
         metrics="results/{variant}/submission_metrics.json",
     log:
         "logs/submission/{variant}_metrics.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:

@@ -69,6 +69,8 @@ rule select_round_pseudo_labels:
         report="results/{variant}/retrain/{stages}/round{round}/pseudo_labels.json",
     log:
         "logs/retrain/{variant}/{stages}/round{round}_pseudo.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:

@@ -9,6 +9,8 @@ rule create_mlflow_experiment:
         experiment="results/mlflow_experiment.json",
     log:
         "logs/mlflow/create_experiment.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:
@@ -25,6 +27,8 @@ rule start_variant_run:
         run="results/{variant}/mlflow_run.json",
     log:
         "logs/mlflow/{variant}.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
     conda:
         "../../envs/core.yaml"
     params:
