@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint dry-run bench clean
+.PHONY: install demo demo-teacher test lint dry-run bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ demo: install
 	@echo; echo "Ablation summary (results/summary.md, chart results/summary.png):"; echo
 	@cat results/summary.md
 	@echo; echo "Browse every run: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
+
+# The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
+# the run (reason and describe-then-classify variants), and stops with it. See docs/teacher.md.
+demo-teacher: install
+	$(BIN)/snakemake --cores $(CORES) resources/demo/tiny-qwen2-vl
+	scripts/teacher_server.sh > logs/teacher_server.log 2>&1 & server=$$!; \
+	trap "kill $$server" EXIT; \
+	for i in $$(seq 120); do curl -sf http://127.0.0.1:8008/v1/models >/dev/null && break; sleep 1; done; \
+	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml
+	@cat results/summary.md
 
 test: install
 	$(BIN)/python -m pytest

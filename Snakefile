@@ -22,6 +22,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/recipe.smk"
 include: "workflow/rules/retrain.smk"
+include: "workflow/rules/teacher.smk"
 
 
 rule all:

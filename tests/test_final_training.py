@@ -64,15 +64,24 @@ def test_classes_below_the_floor_are_oversampled_to_it_and_no_others():
 def test_final_training_set_rebuilds_targets_from_the_new_labels_and_mixes_general_records():
     train = records(["a", "b", "c"], ["退款页面", "退款页面", "支付页面"])  # "c" was corrected to 支付页面
     combined = final_training_records(train)
-    variant = PromptVariant(name="reason", reason=True)
+    variant = PromptVariant(name="reason", ocr=True, reason=True)
     general = [
         {"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]} for i in range(20)
     ]
     prompts, sample, report = build_final_training_set(
-        combined, {}, variant, LABELS, class_floor=2, general_records=general, general_ratio=0.5, seed=0
+        combined,
+        {"sha-a": "申请退款"},
+        variant,
+        LABELS,
+        class_floor=2,
+        general_records=general,
+        general_ratio=0.5,
+        seed=0,
     )
     targets = prompts.groupby("id")["target"].first()
     assert '"所属类别": "支付页面"' in targets["c"] and '"所属类别": "退款页面"' in targets["a"]
+    by_id = prompts.groupby("id")["prompt"].first()
+    assert "OCR文字:申请退款" in by_id["a"] and "OCR文字:(无)" in by_id["b"]  # OCR text is found by image sha256
     assert len(prompts) == 4 and report["oversampled_records"] == 1  # 支付页面 raised to the floor of 2
     assert len(sample) == 2 == report["general_records"]  # round(0.5 * 4)
     assert report["given_or_corrected"] == 3 and report["pseudo"] == 0

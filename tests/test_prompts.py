@@ -92,3 +92,41 @@ def test_sharegpt_export_carries_labelled_rows_and_the_system_prompt(tmp_path):
     assert info["train_fold0"]["file_name"] == data_file.name
     assert info["train_fold0"]["columns"]["system"] == "system"
     assert json.loads(data_file.read_text(encoding="utf-8")) == exported
+
+
+def test_describe_then_classify_puts_the_description_between_the_task_and_the_label_list():
+    variant = PromptVariant("d", describe=True, describe_max_chars=12)
+    prompt = build_prompt(variant, LABELS, "", "顶部写着 退款详情,  下方是退款进度和金额")
+    head, labels_part = baseline_prompt(LABELS).split("以下是可以参考的分类标签")
+    assert prompt == f"{head}图片描述:顶部写着 退款详情, 下\n以下是可以参考的分类标签{labels_part}"
+
+
+def test_teacher_text_is_used_by_image_and_label_and_the_template_fills_the_gaps(caplog):
+    variant = PromptVariant("rd", reason=True, describe=True)
+    table = build_prompt_table(
+        records(),
+        {"s1": "退款成功", "s2": "支付宝"},
+        variant,
+        LABELS,
+        teacher_reasons={("s1", "退款页面"): "页面标题是退款详情"},
+        teacher_descriptions={"s1": "一张退款详情页截图"},
+    )
+    assert json.loads(table.loc[0, "target"])["理由"] == "页面标题是退款详情"
+    assert "图片描述:一张退款详情页截图\n" in table.loc[0, "prompt"]
+    assert "图片描述:一张含有文字的图片,可见文字:支付宝\n" in table.loc[1, "prompt"]  # the test image: template
+    assert "1 record(s) have no teacher description and use the template's" in caplog.text
+
+    # A label the teacher gave no reason for (a corrected or pseudo label) gets the template's reason.
+    relabelled = records().assign(label=["支付页面", None])
+    table = build_prompt_table(
+        relabelled, {"s1": "退款成功"}, variant, LABELS, teacher_reasons={("s1", "退款页面"): "x"}
+    )
+    assert json.loads(table.loc[0, "target"])["理由"].startswith("图中有“退款成功”,包含支付方式选择")
+    assert "1 record(s) have no teacher reason" in caplog.text
+
+
+def test_without_a_teacher_describe_variants_state_the_ocr_text():
+    table = build_prompt_table(records(), {"s1": "退款 成功"}, PromptVariant("d", describe=True), LABELS)
+    assert "图片描述:一张含有文字的图片,可见文字:退款 成功\n" in table.loc[0, "prompt"]
+    assert "图片描述:一张几乎没有文字的图片\n" in table.loc[1, "prompt"]
+    assert "OCR" not in table.loc[0, "prompt"]  # OCR text itself only with the ocr switch

@@ -136,6 +136,13 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
             (round_dir / f"round{round_}/dataset/correction_pseudo_round{round_}_train.json").read_text()
         )
         assert sum("images" not in record for record in dataset) == report["general_records"]
+    # The final fit sees the prompts the fold models saw and the scorer uses (OCR text included).
+    for variant in ("baseline", "baseline_ocr"):
+        final_prompts = pd.read_parquet(
+            tmp_path / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
+        )
+        scored = pd.read_parquet(tmp_path / f"results/{variant}/prompts.parquet").set_index("id")["prompt"]
+        assert (final_prompts["prompt"] == final_prompts["id"].map(scored)).all()
     submission = pd.read_csv(tmp_path / "results/baseline/submission.csv", encoding="utf-8-sig")
     assert list(submission.columns) == ["id", "predict"]
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])

@@ -99,15 +99,16 @@ def build_final_training_set(
     general_records: list[dict],
     general_ratio: float,
     seed: int,
-    warn_chars: int = 2500,
-    max_chars: int = 6000,
+    **prompt_options,
 ) -> tuple[pd.DataFrame, list[dict], dict]:
     """Prompts and targets of the final fit (balanced), the sampled general records, and a report.
 
-    Targets are rebuilt from the records' (possibly corrected or pseudo) labels, so a reason variant's
-    answer agrees with its label.
+    Prompts are built as ``build_prompts`` builds them (``ocr_text`` keyed by image sha256;
+    ``prompt_options``: length limits, teacher reasons and descriptions), so the final model trains on
+    the prompts it is scored with. Targets are rebuilt from the records' (possibly corrected or pseudo)
+    labels, so a reason variant's answer agrees with its label.
     """
-    prompts = build_prompt_table(records, ocr_text, variant, labels, warn_chars=warn_chars, max_chars=max_chars)
+    prompts = build_prompt_table(records, ocr_text, variant, labels, **prompt_options)
     prompts["source"] = records["source"].to_numpy()
     balanced, balance = balance_classes(prompts, records["label"].reset_index(drop=True), class_floor, seed)
     general = sample_general_records(general_records, len(balanced), general_ratio, seed) if general_records else []

@@ -1,21 +1,22 @@
 """Prompt variants: switches that compose onto the recipe's baseline prompt, and the training targets.
 
-A variant is a set of switches (label descriptions, OCR text, reason output, system prompt). Every
-record gets one prompt and, when labelled, one target; the tables export to LLaMA-Factory's
-sharegpt format.
+A variant is a set of switches (label descriptions, OCR text, an image description, reason output, system
+prompt). Every record gets one prompt and, when labelled, one target; the tables export to LLaMA-Factory's
+sharegpt format. Reasons and descriptions come from a teacher model when one was asked (``vlmflow.teacher``),
+else from deterministic templates.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.labels import Label, baseline_prompt, described_prompt
+from vlmflow.labels import PROMPT_HEAD, Label, baseline_prompt, described_prompt
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class PromptVariant:
     reason: bool = False
     reason_first: bool = True  # label first gave label/reason inconsistencies in the recipe
     reason_max_chars: int = 50
+    describe: bool = False  # describe-then-classify: the image's description comes before the label list
+    describe_max_chars: int = 150
     system_prompt: str | None = None
 
     @classmethod
@@ -49,6 +52,8 @@ class PromptVariant:
             reason=entry.get("reason", False),
             reason_first=entry.get("reason_order", "reason_first") == "reason_first",
             reason_max_chars=entry.get("reason_max_chars", 50),
+            describe=entry.get("describe", False),
+            describe_max_chars=entry.get("describe_max_chars", 150),
             system_prompt=entry.get("system_prompt"),
         )
 
@@ -65,8 +70,19 @@ def template_reason(label: Label, ocr_text: str, max_chars: int = 50) -> str:
     return reason[:max_chars]
 
 
-def build_prompt(variant: PromptVariant, labels: list[Label], ocr_text: str) -> str:
+def template_description(ocr_text: str, max_chars: int = 150) -> str:
+    """A deterministic stand-in for a teacher's description (no teacher configured): what text the image shows."""
+    text = " ".join(ocr_text.split())
+    return (f"一张含有文字的图片,可见文字:{text}" if text else "一张几乎没有文字的图片")[:max_chars]
+
+
+def build_prompt(variant: PromptVariant, labels: list[Label], ocr_text: str, description: str = "") -> str:
     prompt = described_prompt(labels) if variant.label_descriptions else baseline_prompt(labels)
+    if variant.describe:
+        # Describe, then classify: the description sits between the task and the label list, so that the
+        # label list stays the last thing read before the answer, as in the baseline.
+        text = " ".join(description.split())[: variant.describe_max_chars] or "(无)"
+        prompt = f"{PROMPT_HEAD}图片描述:{text}\n{prompt.removeprefix(PROMPT_HEAD)}"
     if variant.ocr:
         text = " ".join(ocr_text.split())[: variant.ocr_max_chars] or "(无)"
         prompt += f"\n图片中的OCR文字:{text}"
@@ -109,19 +125,36 @@ def build_prompt_table(
     warn_chars: int = 2500,
     max_chars: int = 6000,
     reason_source: ReasonSource = template_reason,
+    teacher_reasons: Mapping[tuple[str, str], str] | None = None,
+    teacher_descriptions: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per record: its prompt, its target (null when unlabelled) and the prompt's length.
 
     ``records`` has id, split, image_path, image_sha256 and label; ``ocr_text`` maps sha256 to text.
+    ``teacher_reasons`` maps (sha256, label) and ``teacher_descriptions`` sha256 to a teacher's text; a record
+    the teacher has no text for (a corrected or pseudo label, a skipped failure) gets the template's, counted
+    in a warning.
     """
     by_name = {label.name: label for label in labels}
     rows, too_long = [], []
+    fallbacks = {"reason": 0, "description": 0}
     for record in records.itertuples(index=False):
-        text = ocr_text.get(record.image_sha256, "") if variant.ocr or variant.reason else ""
-        prompt = build_prompt(variant, labels, text)
+        text = ocr_text.get(record.image_sha256, "") if variant.ocr or variant.reason or variant.describe else ""
+        description = ""
+        if variant.describe:
+            description = (teacher_descriptions or {}).get(record.image_sha256)
+            if description is None:
+                fallbacks["description"] += teacher_descriptions is not None
+                description = template_description(text, variant.describe_max_chars)
+        prompt = build_prompt(variant, labels, text if variant.ocr else "", description)
         target = None
         if isinstance(record.label, str):
-            reason = reason_source(by_name[record.label], text, variant.reason_max_chars) if variant.reason else None
+            reason = None
+            if variant.reason:
+                reason = (teacher_reasons or {}).get((record.image_sha256, record.label))
+                if reason is None:
+                    fallbacks["reason"] += teacher_reasons is not None
+                    reason = reason_source(by_name[record.label], text, variant.reason_max_chars)
             target = build_target(variant, record.label, reason)
         if len(prompt) > max_chars:
             too_long.append(f"{record.id} ({len(prompt)} characters)")
@@ -142,6 +175,9 @@ def build_prompt_table(
             f"variant {variant.name}: {len(too_long)} prompt(s) above prompt.max_chars = {max_chars}: "
             f"{', '.join(too_long[:10])}; lower the variant's ocr_max_chars or raise prompt.max_chars"
         )
+    for kind, count in fallbacks.items():
+        if count:
+            log.warning("variant %s: %d record(s) have no teacher %s and use the template's", variant.name, count, kind)
     table = pd.DataFrame(rows, columns=PROMPT_COLUMNS)
     over = table[table["n_chars"] > warn_chars]
     if len(over):

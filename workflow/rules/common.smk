@@ -174,4 +174,85 @@ def all_targets():
             variant=VARIANTS,
             name=["label_review.html", "pseudo_labels.csv", "submission.csv"],
         ),
+        *teacher_targets(),
     ]
+
+
+# Teacher (workflow/rules/teacher.smk): reasons and descriptions written by a stronger model, when one is
+# configured; reason and describe variants fall back to template text otherwise.
+TEACHER = config["teacher"]
+
+
+def teacher_configured():
+    return TEACHER["base_url"] is not None
+
+
+def teacher_answer_settings():
+    """What decides a teacher's answers: a change reruns the teacher rules.
+
+    Transport settings (URL, key variable, concurrency, rate, timeout, retries) change no answer, so the
+    scripts read them from config.
+    """
+    return {
+        "model": TEACHER["model"],
+        "max_tokens": TEACHER["max_tokens"],
+        "temperature": TEACHER["temperature"],
+    }
+
+
+# Functions, not strings: Snakemake would read the prompts' {label} and {max_chars} as wildcards.
+def teacher_reason_prompt(wildcards):
+    return TEACHER["reason_prompt"]
+
+
+def teacher_describe_prompt(wildcards):
+    return TEACHER["describe_prompt"]
+
+
+def reason_max_chars(wildcards):
+    return VARIANTS[wildcards.variant]["reason_max_chars"]
+
+
+def describe_max_chars(wildcards):
+    return VARIANTS[wildcards.variant]["describe_max_chars"]
+
+
+def teacher_reasons_if_needed(wildcards):
+    """A reason variant's teacher reasons, when a teacher is configured."""
+    if teacher_configured() and VARIANTS[wildcards.variant]["reason"]:
+        return f"results/{wildcards.variant}/teacher/reasons.parquet"
+    return []
+
+
+def teacher_descriptions_if_needed(wildcards):
+    """A describe variant's teacher descriptions, when a teacher is configured."""
+    if teacher_configured() and VARIANTS[wildcards.variant]["describe"]:
+        return f"results/{wildcards.variant}/teacher/descriptions.parquet"
+    return []
+
+
+def prompt_ocr_table(wildcards):
+    """OCR as ocr_table_if_needed, plus describe variants without a teacher.
+
+    Their template description states the image's OCR text.
+    """
+    settings = VARIANTS[wildcards.variant]
+    if settings["describe"] and not teacher_configured():
+        return "results/ocr/ocr.parquet"
+    return ocr_table_if_needed(wildcards)
+
+
+def reason_variants():
+    return [name for name, settings in VARIANTS.items() if settings["reason"]]
+
+
+def reason_diversity_if_needed(wildcards):
+    """The variant's reason diversity report (reason variants only), e.g. for its MLflow logging."""
+    if VARIANTS[wildcards.variant]["reason"]:
+        return f"results/{wildcards.variant}/reason_diversity.json"
+    return []
+
+
+def teacher_targets():
+    """Reason diversity reports of every reason variant (teacher tables are inputs of the prompts)."""
+    return expand("results/{variant}/reason_diversity.json", variant=reason_variants())

@@ -52,6 +52,7 @@ rule log_variant_to_mlflow:
         pseudo_report="results/{variant}/pseudo_labels.json",
         pseudo_labels="results/{variant}/pseudo_labels.csv",
         decisions="results/{variant}/label_decisions.csv",
+        reason_diversity=reason_diversity_if_needed,
         submission="results/{variant}/submission.csv",
         submission_metrics="results/{variant}/submission_metrics.json",
         final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),

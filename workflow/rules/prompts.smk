@@ -1,11 +1,14 @@
 # Prompt variants: one prompt table and one LLaMA-Factory dataset per variant. A variant's switches
-# reach its rule through params, so editing one variant reruns only that variant's jobs.
+# reach its rule through params, so editing one variant reruns only that variant's jobs. Reason and
+# describe variants read the teacher's tables when a teacher is configured (workflow/rules/teacher.smk).
 
 
 rule build_prompts:
     input:
         records=expand("results/data/{split}.parquet", split=SPLITS),
-        ocr=ocr_table_if_needed,
+        ocr=prompt_ocr_table,
+        teacher_reasons=teacher_reasons_if_needed,
+        teacher_descriptions=teacher_descriptions_if_needed,
         labels=config["labels"],
     output:
         prompts="results/{variant}/prompts.parquet",

@@ -8,20 +8,21 @@ from vlmflow.final_training import build_final_training_set, final_training_reco
 from vlmflow.general_data import read_general_records
 from vlmflow.labels import load_labels
 from vlmflow.logfile import log_to
-from vlmflow.ocr import text_by_record
 from vlmflow.prompts import PromptVariant
+from vlmflow.teacher import descriptions_by_image, reasons_by_image_and_label
 
 log_to(snakemake.log[0])
 test_records = pd.read_parquet(snakemake.input.test_records)
 pseudo = pd.read_csv(snakemake.input.pseudo_labels) if snakemake.input.pseudo_labels else None
 records = final_training_records(pd.read_parquet(snakemake.input.records), pseudo, test_records)
-ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else None
+ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else pd.DataFrame(columns=["image_sha256", "text"])
+reasons, descriptions = snakemake.input.teacher_reasons, snakemake.input.teacher_descriptions
 general = (
     read_general_records(snakemake.input.general[0], snakemake.params.general_format) if snakemake.input.general else []
 )
 prompts, general_sample, report = build_final_training_set(
     records,
-    text_by_record(records, ocr),
+    dict(zip(ocr["image_sha256"], ocr["text"], strict=True)),  # by image, as build_prompts does
     PromptVariant.from_config(snakemake.params.variant),
     load_labels(snakemake.input.labels),
     class_floor=snakemake.params.class_floor,
@@ -30,6 +31,8 @@ prompts, general_sample, report = build_final_training_set(
     seed=snakemake.params.seed,
     warn_chars=snakemake.params.warn_chars,
     max_chars=snakemake.params.max_chars,
+    teacher_reasons=reasons_by_image_and_label(pd.read_parquet(reasons)) if reasons else None,
+    teacher_descriptions=descriptions_by_image(pd.read_parquet(descriptions)) if descriptions else None,
 )
 prompts.to_parquet(snakemake.output.prompts, index=False)
 with open(snakemake.output.general, "w", encoding="utf-8") as general_file:

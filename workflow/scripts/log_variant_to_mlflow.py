@@ -45,6 +45,9 @@ log_variant_results(
         snakemake.input.review,
         snakemake.input.submission,
         snakemake.input.pseudo_report,
+        snakemake.input.pseudo_labels,
+        snakemake.input.decisions,
+        *snakemake.input.reason_diversity,
     ],
     [list(files) for files in zip(snakemake.input.fold_reports, snakemake.input.fold_matrices, strict=True)],
 )

@@ -1,0 +1,22 @@
+"""Ask the teacher why each training image has its gold label (cached; failures listed, then fail or skip)."""
+
+from vlmflow.ingest import read_split_tables
+from vlmflow.labels import load_labels
+from vlmflow.logfile import log_to
+from vlmflow.teacher import TeacherSettings, ask_teacher, reason_requests
+
+log_to(snakemake.log[0])
+records = read_split_tables([snakemake.input.records])
+labels = load_labels(snakemake.input.labels)
+requests = reason_requests(records, labels, snakemake.params.prompt, snakemake.params.max_chars)
+# Transport settings come from config, not params: changing them must not rerun this rule and its dependents.
+settings = TeacherSettings.from_config({**snakemake.config["teacher"], **snakemake.params.answers})
+reasons, failures = ask_teacher(
+    requests,
+    settings,
+    snakemake.config["teacher"]["cache_dir"],
+    max_chars=snakemake.params.max_chars,
+    on_error=snakemake.params.on_error,
+)
+reasons.drop(columns="image_path").to_parquet(snakemake.output.reasons, index=False)
+failures.to_csv(snakemake.output.failures, index=False)
