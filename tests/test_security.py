@@ -67,7 +67,8 @@ def test_mlflow_ui_and_server_bind_to_localhost_by_default():
     assert commands and all("--host 127.0.0.1" in command for command in commands)
     for script in (REPO / "scripts").glob("*mlflow*"):
         text = script.read_text(encoding="utf-8")
-        assert "127.0.0.1" in text and "0.0.0.0" not in text.split("#")[0]
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert any("127.0.0.1" in line for line in code) and not any("0.0.0.0" in line for line in code)
 
 
 def test_the_shipped_config_holds_no_secret():
