@@ -26,7 +26,10 @@ with lease_gpus(snakemake.resources.gpu):
         deepspeed_config=snakemake.input.deepspeed or None,
         log_path=snakemake.log[0],
         threads=snakemake.threads,
-        **dict(snakemake.params.items()),  # model, hyperparameters, processes, seed
+        model=snakemake.params.model,
+        hyperparameters=snakemake.params.hyperparameters,
+        processes=snakemake.params.processes,
+        seed=snakemake.params.seed,
         extra_env=training_environment(parent["tracking_uri"], parent["experiment"], run_id),
         extra_records=json.loads(open(snakemake.input.general, encoding="utf-8").read()),
     )

@@ -24,7 +24,10 @@ with lease_gpus(snakemake.resources.gpu):
         deepspeed_config=snakemake.input.deepspeed or None,
         log_path=snakemake.log[0],
         threads=snakemake.threads,
-        **dict(snakemake.params.items()),  # model, hyperparameters, processes, seed
+        model=snakemake.params.model,
+        hyperparameters=snakemake.params.hyperparameters,
+        processes=snakemake.params.processes,
+        seed=snakemake.params.seed,
         extra_env=training_environment(parent["tracking_uri"], parent["experiment"], run_id),
     )
 log_training(client, run_id, config_path, snakemake.output.model)
