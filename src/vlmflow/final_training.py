@@ -72,12 +72,11 @@ def balance_classes(prompts: pd.DataFrame, labels: pd.Series, floor: int, seed: 
             members = prompts[(labels == label).to_numpy()]
             extra.append(members.sample(floor - count, replace=True, random_state=seed))
     balanced = pd.concat([prompts, *extra], ignore_index=True) if extra else prompts.reset_index(drop=True)
-    after = pd.concat([labels, *[labels.loc[part.index] for part in extra]]).value_counts()
     report = {
         "class_floor": floor,
         "oversampled_records": int(sum(len(part) for part in extra)),
         "per_class_before": {str(label): int(count) for label, count in before.items()},
-        "per_class_after": {str(label): int(after[label]) for label in before.index},
+        "per_class_after": {str(label): max(int(count), floor) for label, count in before.items()},
     }
     if extra:
         log.info(

@@ -136,10 +136,11 @@ def lease_gpus(
     if os.environ.get("SLURM_JOB_ID") and pool is None and os.environ.get(POOL_VARIABLE) is None:
         # SLURM already gave this job its own GPUs in CUDA_VISIBLE_DEVICES, and may number them from 0
         # in every job of a node: locking those numbers would serialize jobs that do not share a device.
-        devices = devices[:count] if count <= len(devices) else devices
-        if len(devices) == count:
-            log.info("SLURM job %s: using its allocated GPU(s) %s", os.environ["SLURM_JOB_ID"], ",".join(devices))
-            lease = GpuLease(devices=tuple(devices), master_port=free_port())
+        if count <= len(devices):
+            log.info(
+                "SLURM job %s: using its allocated GPU(s) %s", os.environ["SLURM_JOB_ID"], ",".join(devices[:count])
+            )
+            lease = GpuLease(devices=tuple(devices[:count]), master_port=free_port())
             with _environment(lease.env if set_environ else {}):
                 yield lease
             return
