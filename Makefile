@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-teacher test lint dry-run bench clean
+.PHONY: install demo demo-teacher report screenshots test lint dry-run bench clean
 
 install: $(STAMP)
 
@@ -28,9 +28,23 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
 	@echo; echo "Ablation summary (results/summary.md, chart results/summary.png):"; echo
 	@cat results/summary.md
-	@echo; echo "Browse every run: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
+	@echo; echo "Report (summary, loss curves, confusion matrices, label review, pseudo-labels, configuration):"
+	@echo "  $(CURDIR)/results/report.html"
+	@echo "Browse every run, then open http://127.0.0.1:5000 (experiment vlmflow):"
+	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
+	@echo "Screenshots of both: make screenshots (results/screenshots/)"
+
+# The Snakemake report of the finished run: every result marked report() with its caption.
+report: install
+	$(BIN)/snakemake --report results/report.html
+
+# Headless Chromium's view of the report and the MLflow UI of the finished run (Debian's chromium and
+# chromium-driver; scripts/install_system_packages.sh installs them as root).
+screenshots: report
+	$(BIN)/python -m vlmflow.screenshots results
 
 # The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
 # the run (reason and describe-then-classify variants), and stops with it. See docs/teacher.md.

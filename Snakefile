@@ -11,21 +11,35 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/ocr.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/folds.smk"
+include: "workflow/rules/accounting.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/recipe.smk"
 include: "workflow/rules/retrain.smk"
 include: "workflow/rules/teacher.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# An MLflow server that could not be reached is said last, where it is seen (vlmflow.offline).
+onsuccess:
+    tell_if_mlflow_was_offline()
+
+
+onerror:
+    tell_if_mlflow_was_offline()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # System packages the workflow needs beyond Python: a CJK font to render the demo's Chinese
-# screenshots, and SLURM with munge for the one-node cluster tests/test_slurm.py starts
-# (scripts/start_slurm.sh). Installs from Debian's packages when run as root; otherwise says what
-# to run. Without the font nothing works, so its absence fails; without SLURM only its test skips.
+# screenshots, SLURM with munge for the one-node cluster tests/test_slurm.py starts
+# (scripts/start_slurm.sh), and Chromium with its matching driver to look at the report and the
+# MLflow UI (tests/test_results_pages.py, make screenshots). Installs from Debian's packages when run
+# as root; otherwise says what to run. Without the font nothing works, so its absence fails; without
+# SLURM or Chromium only their tests skip.
 set -euo pipefail
 missing=()
 has_font=yes
@@ -12,6 +14,9 @@ if ! fc-list 2>/dev/null | grep -qiE "wqy|noto.*cjk|source han"; then
 fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   missing+=(slurm-wlm munge)
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  missing+=(chromium chromium-driver)
 fi
 if [ ${#missing[@]} = 0 ]; then
   exit 0
@@ -24,5 +29,5 @@ elif [ "$has_font" = no ]; then
   echo "(or point VLMFLOW_CJK_FONT at any .ttf/.ttc font with Chinese glyphs)" >&2
   exit 1
 else
-  echo "SLURM is not installed; its test will skip. To run it: sudo apt-get install -y slurm-wlm munge" >&2
+  echo "Not installed: ${missing[*]}; their tests will skip. To run them: sudo apt-get install -y ${missing[*]}" >&2
 fi

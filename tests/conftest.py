@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ def small_demo_config(workdir: Path, **overrides) -> dict:
 
 def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `snakemake` on the repository's Snakefile with `config`, outputs under `workdir`."""
+    command, env = snakemake_command(workdir, config, *args)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and result.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def snakemake_command(workdir: Path, config: dict, *args: str) -> tuple[list[str], dict]:
+    """The command line and environment of `run_snakemake` (for tests that start it in the background)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -82,7 +92,23 @@ def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -
         *args,
     ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
-    if check and result.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-    return result
+    return command, env
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    workdir: Path
+    config: dict
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """The reduced demo, run through every rule once per session and shared by the tests that read it
+    (the end-to-end assertions, the report and the MLflow UI): the run is the slowest thing CI does.
+
+    A test leaves it as it found it: it changes a deep copy of the config and undoes what it writes.
+    """
+    workdir = tmp_path_factory.mktemp("demo")
+    config = small_demo_config(workdir)
+    run_snakemake(workdir, config, "--cores", "2")
+    return DemoRun(workdir, config)

@@ -1,13 +1,26 @@
-"""Faults the workflow must survive: transient job failures, and many MLflow writers on one SQLite store."""
+"""Faults the workflow must survive: transient job failures, many MLflow writers on one SQLite store, a killed
+fine-tune, an unreachable tracking server."""
 
+import json
 import multiprocessing
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
+import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
+from vlmflow.outputs import partial_path
 from vlmflow.tracking import absolute_tracking_uri, ensure_experiment, log_results, start_child_run, start_variant_run
+from vlmflow.train import last_complete_checkpoint
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, SMALL_TRAINING, run_snakemake, small_demo_config, snakemake_command
 
 FAILS_ONCE = """
 rule flaky:
@@ -53,3 +66,138 @@ def test_parallel_writers_on_one_sqlite_store_lose_no_run(tmp_path):
     children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100)
     assert len(children) == 18
     assert all(len(run.data.metrics) == 20 for run in children)
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 900):
+    """Poll ``condition`` until it returns something truthy; fail if ``process`` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"snakemake ended before {what}:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def trainer_processes(workdir: Path) -> list[int]:
+    """The `llamafactory-cli train` processes of a workflow run in ``workdir`` (other tests may train too)."""
+    listed = subprocess.run(["pgrep", "-f", "llamafactory-cli train"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in listed.split() if Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()]
+
+
+FOLD_MODEL = "results/baseline/fold0/model"
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tmp_path_factory):
+    """One fold fine-tuned without interruption, checkpointing every 2 of its 10 steps: the reference."""
+    workdir = tmp_path_factory.mktemp("whole")
+    hyperparameters = {**SMALL_TRAINING, "num_train_epochs": 2, "per_device_train_batch_size": 4}
+    hyperparameters.update(save_strategy="steps", save_steps=2, save_total_limit=2, eval_steps=2)
+    config = small_demo_config(workdir, variants=[{"name": "baseline"}])
+    config["train"]["hyperparameters"] = hyperparameters
+    run_snakemake(workdir, config, "--cores", "2", FOLD_MODEL)
+    return workdir, config
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_fold):
+    whole, config = trained_fold
+    target = FOLD_MODEL
+    killed = tmp_path / "killed"
+    shutil.copytree(whole / "resources", killed / "resources")  # the same demo data and model
+    # No retry: the profile's retry would resume at once; this checks that a later `snakemake` does.
+    command, env = snakemake_command(killed, config, "--cores", "2", "--retries", "0", target)
+    snakemake = subprocess.Popen(
+        command, cwd=killed, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    checkpoints = killed / "results/baseline/fold0/checkpoints"
+    first = wait_for(lambda: last_complete_checkpoint(checkpoints), "the first checkpoint", snakemake)
+    trainers = trainer_processes(killed)
+    assert trainers, "the trainer finished before it could be killed"
+    for pid in trainers:
+        os.kill(pid, signal.SIGKILL)
+    assert snakemake.wait(timeout=300) != 0
+    assert not (killed / target).exists(), "Snakemake removes a failed job's outputs"
+    resumed_from = last_complete_checkpoint(checkpoints)
+    step = int(resumed_from.name.split("-")[1])
+    assert step >= int(first.name.split("-")[1])
+
+    run_snakemake(killed, config, "--cores", "2", target)
+    log = (killed / "logs/train/baseline/fold0.log").read_text(encoding="utf-8")
+    assert f"resuming the interrupted training from {resumed_from.relative_to(killed)}" in log
+    assert f"global step {step}" in log, "the trainer continued from the checkpoint's step, not from 0"
+    assert not checkpoints.exists(), "checkpoints are removed once the model is collected"
+
+    def history(workdir):
+        state = json.loads((workdir / target / "trainer_state.json").read_text(encoding="utf-8"))
+        return state["global_step"], {
+            (entry["step"], key): entry[key]
+            for entry in state["log_history"]
+            for key in ("loss", "eval_loss")
+            if key in entry
+        }
+
+    whole_steps, reference = history(whole)
+    resumed_steps, resumed = history(killed)
+    assert resumed_steps == whole_steps > step
+    # Every loss logged after the resume point matches the uninterrupted run's (CPU, same seeds).
+    after = {key: value for key, value in resumed.items() if key[0] > step}
+    assert after and after.keys() <= reference.keys()
+    assert all(abs(value - reference[key]) < 1e-3 for key, value in after.items()), (after, reference)
+    whole_weights = load_file(whole / target / "model.safetensors")
+    resumed_weights = load_file(killed / target / "model.safetensors")
+    assert max((whole_weights[k] - resumed_weights[k]).abs().max().item() for k in whole_weights) < 1e-4
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_does_not_stop_training_and_is_reported_at_the_end(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = small_demo_config(tmp_path, variants=[{"name": "baseline"}], mlflow={"tracking_uri": server})
+    result = run_snakemake(tmp_path, config, "--cores", "2", "results/baseline/fold0/mlflow_run.json")
+
+    assert f"the tracking server {server} could not be reached" in result.stderr
+    offline = f"sqlite:///{tmp_path / 'results/mlflow-offline.db'}"
+    assert f"mlflow ui --backend-store-uri {offline}" in result.stderr
+    client = MlflowClient(offline)
+    runs = {
+        run.info.run_name: run for run in client.search_runs([client.get_experiment_by_name("vlmflow").experiment_id])
+    }
+    assert {"baseline", "baseline/fold0"} <= runs.keys()
+    assert client.get_metric_history(runs["baseline/fold0"].info.run_id, "loss"), "the trainer logged its losses"
+
+
+@pytest.mark.slow
+def test_a_killed_snakemake_leaves_no_output_of_its_running_job_and_the_next_run_completes(tmp_path, trained_fold):
+    whole, config = trained_fold
+    workdir = tmp_path / "workdir"
+    shutil.copytree(whole, workdir, symlinks=True)  # the trained fold, with Snakemake's records of it
+    held_out = workdir / "results/baseline/fold0/oof_probs.parquet"
+    test = workdir / "results/baseline/fold0/test_probs.parquet"
+    command, env = snakemake_command(workdir, config, "--cores", "2", str(test.relative_to(workdir)))
+    # Its own session: the kill takes Snakemake and its jobs at once, as a lost machine would.
+    snakemake = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    # The scoring job writes the held-out table, then scores the test records: kill it in between.
+    wait_for(lambda: held_out.exists() or partial_path(held_out).exists(), "the held-out table", snakemake)
+    os.killpg(snakemake.pid, signal.SIGKILL)
+    snakemake.wait(timeout=60)
+    assert not held_out.exists() and not test.exists(), "a killed job's outputs never appear under their names"
+
+    subprocess.run([*command, "--unlock"], cwd=workdir, env=env, check=True, capture_output=True)
+    run_snakemake(workdir, config, "--cores", "2", str(test.relative_to(workdir)))
+    folds = pd.read_csv(workdir / "results/folds/folds.csv")
+    assert len(pd.read_parquet(held_out)) == (folds["fold"] == 0).sum()
+    assert len(pd.read_parquet(test)) == config["demo"]["n_test"]
+    assert not list(workdir.glob("results/**/.partial.*")), "no temporary file is left behind"

@@ -6,7 +6,6 @@ CI has. The test skips, saying why, only where it cannot start them.
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -16,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from vlmflow.local_server import stop_process_group
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 
@@ -65,12 +66,7 @@ def mlflow_server(tmp_path):
                 time.sleep(1)
         yield uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=60)
 
 
 def profile_for_this_node(folder):

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from PIL import Image
 
 from vlmflow.diversity import reason_diversity, reasons_from_prompts
 from vlmflow.labels import Label, baseline_prompt, load_labels
+from vlmflow.local_server import stop_process_group
 from vlmflow.teacher import (
     TeacherCache,
     TeacherClient,
@@ -505,12 +505,7 @@ def llamafactory_api(tmp_path_factory):
             time.sleep(1)
         yield ApiServer(url, log_path)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=30)
 
 
 @pytest.mark.slow

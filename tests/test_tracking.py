@@ -1,11 +1,18 @@
+import os
+import subprocess
+import sys
+
 from mlflow.tracking import MlflowClient
 
 from vlmflow.tracking import (
     absolute_tracking_uri,
+    adopt_trainer_runs,
     ensure_experiment,
     numeric_metrics,
+    share_variant_params,
     start_fold_run,
     start_variant_run,
+    training_environment,
 )
 
 
@@ -20,6 +27,8 @@ def test_variant_and_fold_runs_nest_with_an_absolute_artifact_location(tmp_path)
     experiment_id = ensure_experiment(client, "demo", tmp_path / "artifacts")
     assert ensure_experiment(client, "demo", tmp_path / "elsewhere") == experiment_id  # created once
     assert client.get_experiment(experiment_id).artifact_location == (tmp_path / "artifacts").as_uri()
+    # MLflow 3's UI opens it on its training runs, not on its GenAI pages.
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     parent = start_variant_run(client, experiment_id, "baseline_ocr", {"ocr": True, "ocr_max_chars": 300})
     child = start_fold_run(client, experiment_id, parent, "baseline_ocr", 3)
     parent_run, child_run = client.get_run(parent), client.get_run(child)
@@ -30,3 +39,43 @@ def test_variant_and_fold_runs_nest_with_an_absolute_artifact_location(tmp_path)
 def test_numeric_metrics_keep_top_level_numbers_only():
     report = {"kept": 4, "tau": 0.9, "method": "x", "ok": True, "kept_per_class": {"实物拍摄(含售后)": 2}}
     assert numeric_metrics(report, "pseudo") == {"pseudo.kept": 4.0, "pseudo.tau": 0.9}
+
+
+# What the trainer's MLflow callback does: resume the fold run from MLFLOW_RUN_ID, end it when training ends,
+# then log the evaluation that follows training, which opens a new run.
+TRAINER = """
+import mlflow
+mlflow.start_run()
+mlflow.log_metric("loss", 2.0, step=1)
+mlflow.end_run()
+mlflow.log_metric("eval_loss", 0.5, step=4)
+"""
+
+
+def test_runs_the_trainer_opens_after_training_are_merged_into_the_fold_run(tmp_path):
+    uri = absolute_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "demo", tmp_path / "artifacts")
+    parent = start_variant_run(client, experiment_id, "baseline", {"ocr": False})
+    fold = start_fold_run(client, experiment_id, parent, "baseline", 0)
+    environment = {**os.environ, **training_environment(uri, "demo", fold)}
+    subprocess.run([sys.executable, "-c", TRAINER], env=environment, check=True, capture_output=True)
+    assert len(client.search_runs([experiment_id])) == 3  # the trainer's own run, randomly named
+
+    assert adopt_trainer_runs(client, fold) == 1
+    runs = client.search_runs([experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["baseline", "baseline/fold0"]
+    assert [(m.step, m.value) for m in client.get_metric_history(fold, "eval_loss")] == [(4, 0.5)]
+    assert [(m.step, m.value) for m in client.get_metric_history(fold, "loss")] == [(1, 2.0)]
+    assert adopt_trainer_runs(client, fold) == 0
+
+
+def test_child_runs_get_their_variants_switches_and_a_rerun_is_harmless(tmp_path):
+    client = MlflowClient(absolute_tracking_uri("sqlite:///mlflow.db", tmp_path))
+    experiment_id = ensure_experiment(client, "demo", tmp_path / "artifacts")
+    parent = start_variant_run(client, experiment_id, "baseline_ocr", {"ocr": True, "ocr_max_chars": 300})
+    folds = [start_fold_run(client, experiment_id, parent, "baseline_ocr", fold) for fold in (0, 1)]
+    share_variant_params(client, parent, folds)
+    share_variant_params(client, parent, folds)
+    for fold in folds:
+        assert client.get_run(fold).data.params == {"variant.ocr": "True", "variant.ocr_max_chars": "300"}

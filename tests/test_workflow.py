@@ -1,5 +1,6 @@
 """Rule-level and end-to-end runs of the workflow on a reduced demo, plus the lint gates."""
 
+import copy
 import json
 import re
 import subprocess
@@ -23,51 +24,58 @@ def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
         assert rule in result.stdout
 
 
+# Jobs about every variant at once, which a change to one variant reruns too.
+ACROSS_VARIANTS = {"summarize_ablation", "write_summary_page", "write_run_config"}
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_through_every_rule(tmp_path):
-    config = small_demo_config(tmp_path)
-    run_snakemake(tmp_path, config, "--cores", "2")
+def test_demo_runs_end_to_end_through_every_rule(demo_run):
+    workdir, config = demo_run.workdir, copy.deepcopy(demo_run.config)
 
     # Ingestion: every generated record arrives, the labels as given (noisy), none for test.
-    truth = pd.read_csv(tmp_path / "resources/demo/truth.csv")
+    truth = pd.read_csv(workdir / "resources/demo/truth.csv")
     for split, size in (("train", 40), ("test", 12)):
-        counts = json.loads((tmp_path / f"results/data/{split}_counts.json").read_text())
+        counts = json.loads((workdir / f"results/data/{split}_counts.json").read_text())
         assert counts["records_in"] == size == counts["records_out"] + counts["rejected"]
-    train = pd.read_parquet(tmp_path / "results/data/train.parquet")
+    train = pd.read_parquet(workdir / "results/data/train.parquet")
     assert list(train["label"]) == list(truth.set_index("id").loc[train["id"], "given_label"])
 
     # Prompts: the OCR variant carries OCR text, the baseline does not; same records in both.
-    baseline = pd.read_parquet(tmp_path / "results/baseline/prompts.parquet")
-    with_ocr = pd.read_parquet(tmp_path / "results/baseline_ocr/prompts.parquet")
+    baseline = pd.read_parquet(workdir / "results/baseline/prompts.parquet")
+    with_ocr = pd.read_parquet(workdir / "results/baseline_ocr/prompts.parquet")
     assert list(baseline["id"]) == list(with_ocr["id"]) and len(baseline) == 52
     assert with_ocr["prompt"].str.contains("图片中的OCR文字:").all()
     assert not baseline["prompt"].str.contains("OCR").any()
 
     # Scoring: one probability per label per held-out record, summing to 1; every train record once.
     for variant in ("baseline", "baseline_ocr"):
-        oof = pd.read_parquet(tmp_path / f"results/{variant}/oof_probs.parquet")
+        oof = pd.read_parquet(workdir / f"results/{variant}/oof_probs.parquet")
         probabilities = oof.filter(like="p::")
         assert probabilities.shape[1] == 25 and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
         assert sorted(oof["id"]) == sorted(train["id"])
-        test = pd.read_parquet(tmp_path / f"results/{variant}/test_probs.parquet")
+        test = pd.read_parquet(workdir / f"results/{variant}/test_probs.parquet")
         assert len(test) == 12
-        metrics = json.loads((tmp_path / f"results/{variant}/metrics.json").read_text())
+        metrics = json.loads((workdir / f"results/{variant}/metrics.json").read_text())
         assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
-        assert (tmp_path / f"results/{variant}/fold0/model/training_loss.png").exists()
-    summary = (tmp_path / "results/summary.md").read_text(encoding="utf-8")
+        assert (workdir / f"results/{variant}/fold0/model/training_loss.png").exists()
+    summary = (workdir / "results/summary.md").read_text(encoding="utf-8")
     assert "baseline_ocr" in summary and "out-of-fold weighted F1" in summary
     assert "test wF1: retrain, correction + pseudo" in summary and "test wF1: averaged folds" in summary
-    table = pd.read_csv(tmp_path / "results/summary.csv")
+    table = pd.read_csv(workdir / "results/summary.csv")
     assert list(table["variant"]) == ["baseline", "baseline_ocr"]
     assert table["test_weighted_f1.retrain_correction_pseudo"].between(0, 1).all()
-    assert (tmp_path / "results/summary.png").stat().st_size > 10_000
+    assert (workdir / "results/summary.png").stat().st_size > 10_000
 
     # MLflow: a parent run per variant, a nested run per fold with its loss curve and metrics.
-    client = MlflowClient(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{workdir / 'results/mlflow.db'}")
     experiment = client.get_experiment_by_name("vlmflow")
     runs = client.search_runs([experiment.experiment_id])
     parents = {run.data.tags["variant"]: run for run in runs if run.data.tags.get("level") == "variant"}
     assert set(parents) == {"baseline", "baseline_ocr"}
+    # Every run is one of ours (the trainer's own post-training evaluation runs were merged into theirs),
+    # and the UI opens the experiment on its training runs.
+    assert {run.data.tags.get("level") for run in runs} == {"variant", "fold", "final", "summary"}
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for parent in parents.values():
         assert parent.info.status == "FINISHED" and "oof_weighted_f1" in parent.data.metrics
         assert {"correction.flagged", "pseudo.kept", "submission.test_weighted_f1"} <= set(parent.data.metrics)
@@ -85,6 +93,7 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
             assert len(client.get_metric_history(child.info.run_id, "loss")) >= 1
             assert "heldout_weighted_f1" in child.data.metrics
             assert child.data.params["llamafactory.template"] == "qwen2_vl"
+            assert child.data.params["variant.ocr"] == parent.data.params["variant.ocr"]  # comparable runs
             artifacts = {item.path for item in client.list_artifacts(child.info.run_id)}
             assert {
                 "llamafactory.yaml",
@@ -94,33 +103,33 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
             } <= artifacts
 
     # The second half of the recipe: corrections with a review page, pseudo-labels, a submission.
-    corrections = pd.read_csv(tmp_path / "results/baseline/label_corrections.csv")
+    corrections = pd.read_csv(workdir / "results/baseline/label_corrections.csv")
     assert list(corrections.columns) == ["id", "given", "proposed", "confidence", "method"]
     assert (corrections["given"] != corrections["proposed"]).all()
-    assert len(corrections) == json.loads((tmp_path / "results/baseline/correction_scores.json").read_text())["flagged"]
-    assert (tmp_path / "results/baseline/label_review.html").read_text(encoding="utf-8").count("<img") == len(
+    assert len(corrections) == json.loads((workdir / "results/baseline/correction_scores.json").read_text())["flagged"]
+    assert (workdir / "results/baseline/label_review.html").read_text(encoding="utf-8").count("<img") == len(
         corrections
     )
-    pseudo = json.loads((tmp_path / "results/baseline/pseudo_labels.json").read_text())
+    pseudo = json.loads((workdir / "results/baseline/pseudo_labels.json").read_text())
     assert (
         pseudo["candidates"]
         == 12
         == sum(pseudo[key] for key in ("kept", "rejected_by_tau", "rejected_by_agreement", "dropped_by_cap"))
     )
-    submission_bytes = (tmp_path / "results/baseline/submission.csv").read_bytes()
+    submission_bytes = (workdir / "results/baseline/submission.csv").read_bytes()
     assert submission_bytes.startswith(b"\xef\xbb\xbf")  # utf-8-sig, as the competition reads it
-    final = json.loads((tmp_path / "results/baseline/submission_metrics.json").read_text())
+    final = json.loads((workdir / "results/baseline/submission_metrics.json").read_text())
     assert final["strategy"] == "retrain" and final["n"] == 12 and 0 <= final["test_weighted_f1"] <= 1
     retrained = json.loads(
-        (tmp_path / "results/baseline/retrain/correction_pseudo/round2/test_metrics.json").read_text()
+        (workdir / "results/baseline/retrain/correction_pseudo/round2/test_metrics.json").read_text()
     )
     assert retrained["test_weighted_f1"] == final["test_weighted_f1"]  # the submission is round 2's model
-    assert (tmp_path / "results/baseline/final/model/model.safetensors").exists()
+    assert (workdir / "results/baseline/final/model/model.safetensors").exists()
     # Retraining: corrected labels, two pseudo-label rounds (round 2 learns round 1's), balanced, general data.
-    round_dir = tmp_path / "results/baseline/retrain/correction_pseudo"
-    corrected = pd.read_parquet(tmp_path / "results/baseline/train_corrected.parquet").set_index("id")["label"]
+    round_dir = workdir / "results/baseline/retrain/correction_pseudo"
+    corrected = pd.read_parquet(workdir / "results/baseline/train_corrected.parquet").set_index("id")["label"]
     for round_, pseudo_file in (
-        (1, tmp_path / "results/baseline/pseudo_labels.csv"),
+        (1, workdir / "results/baseline/pseudo_labels.csv"),
         (2, round_dir / "round1/pseudo_labels.csv"),
     ):
         report = json.loads((round_dir / f"round{round_}/training_set.json").read_text())
@@ -139,31 +148,45 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
     # The final fit sees the prompts the fold models saw and the scorer uses (OCR text included).
     for variant in ("baseline", "baseline_ocr"):
         final_prompts = pd.read_parquet(
-            tmp_path / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
+            workdir / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
         )
-        scored = pd.read_parquet(tmp_path / f"results/{variant}/prompts.parquet").set_index("id")["prompt"]
+        scored = pd.read_parquet(workdir / f"results/{variant}/prompts.parquet").set_index("id")["prompt"]
         assert (final_prompts["prompt"] == final_prompts["id"].map(scored)).all()
-    submission = pd.read_csv(tmp_path / "results/baseline/submission.csv", encoding="utf-8-sig")
+    submission = pd.read_csv(workdir / "results/baseline/submission.csv", encoding="utf-8-sig")
     assert list(submission.columns) == ["id", "predict"]
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])
     assert submission["predict"].isin([label.name for label in load_labels(REPO / "config/labels.yaml")]).all()
 
+    # Made for the report: loss curves, pseudo-labels per class, the review page with its images inlined,
+    # the summary as a page, the configuration with its defaults.
+    for variant in ("baseline", "baseline_ocr"):
+        assert (workdir / f"results/{variant}/loss_curves.png").stat().st_size > 10_000
+        counts = pd.read_csv(workdir / f"results/{variant}/pseudo_label_counts.csv", index_col="label")
+        kept = json.loads((workdir / f"results/{variant}/pseudo_labels.json").read_text())["kept_per_class"]
+        assert counts.sum(axis=1).to_dict() == kept
+        flagged = json.loads((workdir / f"results/{variant}/correction_scores.json").read_text())["flagged"]
+        page = (workdir / f"results/{variant}/label_review_embedded.html").read_text(encoding="utf-8")
+        assert page.count('src="data:image/') == flagged
+    run_config = yaml.safe_load((workdir / "results/run_config.yaml").read_text(encoding="utf-8"))
+    assert run_config["train"]["folds"] == 2 and run_config["mlflow"]["experiment"] == "vlmflow"  # a default
+    assert "out-of-fold weighted F1" in (workdir / "results/summary.html").read_text(encoding="utf-8")
+
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
-    rerun = run_snakemake(tmp_path, config, "--cores", "2", "-n")
+    rerun = run_snakemake(workdir, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
     config["variants"][1]["ocr_max_chars"] = 50
-    planned = planned_jobs(run_snakemake(tmp_path, config, "--cores", "2", "-n").stdout)
+    planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
     assert planned, "changing a variant must rerun something"
     assert {rule for rule, _ in planned} >= {"build_prompts", "train_fold", "score_fold", "evaluate_variant"}
     assert not any(rule.startswith("ocr") or rule in ("merge_ocr", "ingest_records") for rule, _ in planned)
-    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_ablation"} == {"baseline_ocr"}
+    assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline_ocr"}
 
     # Writing the baseline's override file reruns exactly the baseline's correction and what reads it.
     config["variants"][1].pop("ocr_max_chars")
-    overrides = tmp_path / "config/label_overrides/baseline.csv"
+    overrides = workdir / "config/label_overrides/baseline.csv"
     overrides.parent.mkdir(parents=True)
     overrides.write_text(f"id,action,label\n{train['id'][0]},relabel,退款页面\n", encoding="utf-8")
-    planned = planned_jobs(run_snakemake(tmp_path, config, "--cores", "2", "-n").stdout)
+    planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
     assert {rule for rule, _ in planned} == {
         "correct_labels",
         "build_final_training_set",
@@ -175,9 +198,12 @@ def test_demo_runs_end_to_end_through_every_rule(tmp_path):
         "evaluate_submission",
         "log_variant_to_mlflow",
         "summarize_ablation",
+        "embed_review_images",
+        "write_summary_page",
     }
-    assert {wildcards.get("variant") for rule, wildcards in planned if rule != "summarize_ablation"} == {"baseline"}
+    assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline"}
     assert sum(rule == "train_final" for rule, _ in planned) == 2  # both rounds; no fold model retrains
+    overrides.unlink()  # the run is shared: the report and MLflow UI tests read it as it was
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
@@ -249,6 +275,9 @@ def test_every_name_a_script_reads_is_declared_by_its_rule():
     scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
     assert {path.name for path in scripts} == set(rules), "every script has exactly one rule"
     for path in scripts:
-        used = re.findall(r"snakemake\.(input|output|params)\.(\w+)", path.read_text(encoding="utf-8"))
+        # `output.<name>` is the staged form of `snakemake.output.<name>` (vlmflow.outputs); commit() is its method.
+        text = path.read_text(encoding="utf-8")
+        used = re.findall(r"snakemake\.(input|output|params)\.(\w+)", text)
+        used += [("output", name) for name in re.findall(r"(?<![\w.])output\.(\w+)", text) if name != "commit"]
         for section, name in used:
             assert name in declared_names(rules[path.name] + "\n", section), f"{path.name}: {section}.{name}"

@@ -83,6 +83,12 @@ def find_label_issues(
     confidence = probabilities[np.arange(len(oof)), argmax]
     given = oof["given_label"].astype(str).reset_index(drop=True)
     flagged = proposed != given.to_numpy()  # a proposal equal to the given label corrects nothing
+    # A class's only record was predicted by the one fold model trained without the class (vlmflow.folds):
+    # its disagreement is no evidence of a wrong label, and relabelling it would delete the class.
+    only_record = (given.map(given.value_counts()) == 1).to_numpy()
+    if (flagged & only_record).any():
+        log.info("not flagged, the only record of their class: %s", ", ".join(oof["id"][flagged & only_record]))
+    flagged &= ~only_record
     if method == "confident_learning":
         flagged &= _confident_learning(given, probabilities, labels)
     flagged &= confidence >= min_confidence

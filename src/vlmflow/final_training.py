@@ -10,7 +10,6 @@ classes below a floor and mixes in a share of general instruction records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import pandas as pd
 
@@ -18,34 +17,11 @@ from vlmflow.general_data import sample_general_records
 from vlmflow.labels import Label
 from vlmflow.prompts import PromptVariant, build_prompt_table
 from vlmflow.pseudo import pseudo_training_records
+from vlmflow.stages import STAGES, final_round, stage_set, stage_set_name  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-STAGES = ("correction", "pseudo")
-NO_STAGES = "none"
 GIVEN_SOURCE = "train"
-
-
-def stage_set_name(stages: Iterable[str]) -> str:
-    """The directory and run name of a stage combination: its stages in recipe order, or ``none``."""
-    stages = list(stages)
-    unknown = [stage for stage in stages if stage not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
-    return "_".join(stage for stage in STAGES if stage in stages) or NO_STAGES
-
-
-def stage_set(name: str) -> list[str]:
-    """The stages of a combination name written by ``stage_set_name``."""
-    stages = [] if name == NO_STAGES else name.split("_")
-    if stage_set_name(stages) != name:
-        raise ValueError(f"{name!r} is not a stage combination name")
-    return stages
-
-
-def final_round(name: str, rounds: int) -> int:
-    """The round whose model is final: the last pseudo-label round, or round 1 without pseudo-labels."""
-    return rounds if "pseudo" in stage_set(name) else 1
 
 
 def final_training_records(

@@ -16,8 +16,10 @@ def assign_folds(records: pd.DataFrame, n_folds: int, seed: int) -> tuple[pd.Dat
 
     Classes with at least ``n_folds`` members go through scikit-learn's StratifiedKFold. Smaller
     classes cannot appear in every fold: their members are dealt to distinct folds in turn (seeded),
-    and the report names them, since a held-out member may be predicted by a model that never saw
-    its class.
+    and the report names them. Dealt that way, every fold model still trains on a class of two or
+    more; a class of one is missing from the training part of the fold that holds its record out,
+    and the report names that fold and record (its out-of-fold prediction cannot be its label).
+    Failing instead would make a small class cost the whole run, or every class a smaller K.
     """
     if n_folds < 2:
         raise ValueError(f"train.folds must be at least 2, got {n_folds}")
@@ -42,15 +44,39 @@ def assign_folds(records: pd.DataFrame, n_folds: int, seed: int) -> tuple[pd.Dat
     class_sizes = folds["label"].value_counts().sort_index()
     small = {label: int(size) for label, size in class_sizes.items() if size < n_folds}
     if small:
-        log.warning("classes with fewer members than %d folds (not in every fold): %s", n_folds, small)
+        log.warning(
+            "classes with fewer records than train.folds = %d, dealt to distinct folds (each record still held "
+            "out once): %s; to hold out every class in every fold, lower train.folds or add records",
+            n_folds,
+            small,
+        )
+    untrained = classes_missing_from_a_training_part(folds)
+    for label, missing in untrained.items():
+        log.warning(
+            "class %s: fold %d holds out all its records (%s), so that fold's model never sees the class and "
+            "their out-of-fold predictions cannot be it; add records of the class, or merge or drop it",
+            label,
+            missing["fold"],
+            ", ".join(missing["ids"]),
+        )
     report = {
         "n_folds": n_folds,
         "seed": seed,
         "fold_sizes": {int(k): int(v) for k, v in folds["fold"].value_counts().sort_index().items()},
         "class_sizes": {label: int(size) for label, size in class_sizes.items()},
         "classes_smaller_than_n_folds": small,
+        "classes_missing_from_a_training_part": untrained,
     }
     return folds, report
+
+
+def classes_missing_from_a_training_part(folds: pd.DataFrame) -> dict[str, dict]:
+    """Classes whose records all sit in one fold: that fold's training part lacks them (a class of one)."""
+    return {
+        str(label): {"fold": int(group["fold"].iloc[0]), "ids": [str(i) for i in group["id"]]}
+        for label, group in folds.groupby("label", sort=True)
+        if group["fold"].nunique() == 1
+    }
 
 
 def fold_training_part(prompts: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.DataFrame:

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 RECORD_COLUMNS = ["id", "image_path", "label", "image_sha256", "width", "height"]
 REJECTED_COLUMNS = ["record", "id", "reason"]
 
+# Qwen2-VL's image processor refuses images whose long side is more than 200 times the short one (at
+# training or scoring time, hours in), and RapidOCR's default upscaling of such a sliver runs for minutes.
+MAX_ASPECT_RATIO = 200
+
+REENCODE = "re-encode the file as UTF-8"
+
 # The dialogue subtask shares the MIRE files; its instructions open with this role.
 DIALOGUE_SUBTASK_MARKER = "你是一个电商客服专家"
 
@@ -81,10 +87,36 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DataFileError(
-            f"{path}: not UTF-8 text (byte {error.start}: {raw[error.start : error.start + 4]!r}); "
-            "re-encode the file as UTF-8"
-        ) from error
+        where = _where_undecodable(raw, error)
+        raise DataFileError(f"{path}: not UTF-8 text ({where}); {REENCODE}") from error
+
+
+def _where_undecodable(raw: bytes, error: UnicodeDecodeError) -> str:
+    """Byte offset, line, column and the bytes themselves of the first byte that is not UTF-8."""
+    line = raw.count(b"\n", 0, error.start) + 1
+    column = error.start - raw.rfind(b"\n", 0, error.start)
+    return f"byte {error.start}, line {line} column {column}: {raw[error.start : error.start + 4]!r}"
+
+
+def _undecodable_text(values: dict) -> str | None:
+    """Which field holds text no UTF-8 file can: a lone surrogate, e.g. a JSON escape \\udc80. None if all can.
+
+    Such text parses, but fails every later write (parquet, CSV) with a message naming no record.
+    """
+    for name, value in values.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    bad = ascii(text[error.start : error.end])
+                    return f"field {name!r} holds {bad}, a lone surrogate that is not UTF-8 text; fix or drop it"
+    return None
+
+
+def _shown(text: str | None) -> str | None:
+    """Text safe to write to any table or log: characters UTF-8 cannot hold become backslash escapes."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _first_image(value) -> str | None:
@@ -94,13 +126,20 @@ def _first_image(value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def _text_id(item: dict) -> str | None:
+    return None if item.get("id") in (None, "") else str(item["id"])
+
+
 def _from_mire_item(position: str, item) -> RawRecord | Rejection:
     if not isinstance(item, dict):
         return Rejection(RawRecord(position, None, None, None), "malformed", "is not a JSON object")
+    undecodable = _undecodable_text(item)
+    if undecodable:
+        return Rejection(RawRecord(position, _shown(_text_id(item)), None, None), "not_utf8", undecodable)
     images = item.get("image", item.get("images"))
     record = RawRecord(
         position,
-        None if item.get("id") in (None, "") else str(item["id"]),
+        _text_id(item),
         _first_image(images),
         item.get("output") or None,
     )
@@ -138,7 +177,7 @@ def _read_jsonl(path: Path) -> list[RawRecord | Rejection]:
         try:
             item = json.loads(line.decode("utf-8-sig"))
         except UnicodeDecodeError as error:
-            rows.append(Rejection(RawRecord(position, None, None, None), "not_utf8", f"is not UTF-8 ({error.reason})"))
+            rows.append(_undecodable_line(position, line, error))
             continue
         except json.JSONDecodeError as error:
             rows.append(Rejection(RawRecord(position, None, None, None), "malformed", f"malformed JSON: {error.msg}"))
@@ -146,15 +185,23 @@ def _read_jsonl(path: Path) -> list[RawRecord | Rejection]:
         if not isinstance(item, dict):
             rows.append(Rejection(RawRecord(position, None, None, None), "malformed", "is not a JSON object"))
             continue
-        rows.append(
-            RawRecord(
-                position,
-                None if item.get("id") in (None, "") else str(item["id"]),
-                _first_image(item.get("image")),
-                item.get("label") or None,
-            )
-        )
+        undecodable = _undecodable_text(item)
+        if undecodable:
+            rows.append(Rejection(RawRecord(position, _shown(_text_id(item)), None, None), "not_utf8", undecodable))
+            continue
+        rows.append(RawRecord(position, _text_id(item), _first_image(item.get("image")), item.get("label") or None))
     return rows
+
+
+def _undecodable_line(position: str, line: bytes, error: UnicodeDecodeError) -> Rejection:
+    """A JSON line that is not UTF-8, named by its id too when the rest of the line parses."""
+    try:
+        item = json.loads(line.decode("utf-8-sig", errors="surrogateescape"))
+    except json.JSONDecodeError:
+        item = None
+    record_id = _shown(_text_id(item)) if isinstance(item, dict) else None
+    where = f"column {error.start + 1}: {line[error.start : error.start + 4]!r}"
+    return Rejection(RawRecord(position, record_id, None, None), "not_utf8", f"is not UTF-8 text ({where}); {REENCODE}")
 
 
 def _read_csv(path: Path) -> list[RawRecord | Rejection]:
@@ -229,6 +276,11 @@ def inspect_image(path: Path, max_pixels: int) -> dict | tuple[str, str]:
                 return "image_too_large", (
                     f"image {path.name} is {width}x{height} = {width * height} pixels, "
                     f"above data.max_image_pixels = {max_pixels}"
+                )
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                return "image_aspect_ratio", (
+                    f"image {path.name} is {width}x{height}, a side more than {MAX_ASPECT_RATIO} times the other: "
+                    "Qwen2-VL's image processor refuses it and OCR cannot read it; crop or pad the image"
                 )
             image.load()  # decodes every pixel: catches truncated and corrupt files
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -320,11 +372,12 @@ def _check_fields(
         return "duplicate_id", f"duplicate id {record.id!r}, first seen at {first_seen[record.id]}"
     if record.image is None:
         return "missing_image", "names no image"
-    if labelled:
-        if record.label is None:
-            return "missing_label", "has no label; training records need one"
-        if record.label not in known_labels:
-            return "unknown_label", f"label {record.label!r} is not in the label set (the labels file)"
+    if labelled and record.label is None:
+        return "missing_label", "has no label; training records need one"
+    if record.label is not None and record.label not in known_labels:
+        # Test labels are never used, but one outside the set says the data file or the labels file is the wrong one.
+        unused = "" if labelled else "; test labels are unused, but this one says the data or labels file is wrong"
+        return "unknown_label", f"label {record.label!r} is not in the label set (the labels file){unused}"
     return None
 
 

@@ -26,6 +26,11 @@ def load_labels(path: str | Path) -> list[Label]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise LabelFileError(f"labels file {path} does not exist") from error
+    except UnicodeDecodeError as error:
+        bad = error.object[error.start : error.start + 4]
+        raise LabelFileError(
+            f"labels file {path} is not UTF-8 text (byte {error.start}: {bad!r}); re-encode it as UTF-8"
+        ) from error
     entries = (document or {}).get("labels") if isinstance(document, dict) else None
     if not entries:
         raise LabelFileError(f"labels file {path} has no 'labels:' list")

@@ -49,7 +49,7 @@ def mean_fold_probabilities(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return mean
 
 
-def _cjk_font() -> str | None:
+def cjk_font() -> str | None:
     """Register a CJK font with matplotlib so Chinese labels do not render as boxes."""
     from vlmflow.demo_dataset import find_cjk_font  # the one place that knows where fonts live
 
@@ -65,7 +65,7 @@ def _cjk_font() -> str | None:
 def plot_confusion_matrix(truth: pd.Series, predicted: pd.Series, labels: list[str], path: str | Path, title: str):
     """A confusion matrix image, rows true labels, columns predicted, counts in the cells."""
     matrix = confusion_matrix(truth, predicted, labels=labels)
-    font = _cjk_font()
+    font = cjk_font()
     if font:
         plt.rcParams["font.family"] = font
     figure, axes = plt.subplots(figsize=(12, 11))

@@ -24,7 +24,8 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ["image_sha256", "text", "lines", "n_lines", "engine", "from_cache"]
+# error: why the engine could not read the image ("" when it could), for the skip report (vlmflow.accounting).
+OUTPUT_COLUMNS = ["image_sha256", "text", "lines", "n_lines", "engine", "from_cache", "error"]
 PROGRESS_EVERY = 25
 PADDLE_INSTALL_HINT = "pip install paddleocr paddlepaddle (or paddlepaddle-gpu on a CUDA machine)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -247,7 +248,7 @@ def select_shard(table: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame
 def ocr_images(table: pd.DataFrame, engine: OcrEngine, cache: OcrCache) -> pd.DataFrame:
     """OCR each distinct ``image_sha256`` of ``table`` once (cache first); one output row per image.
 
-    An image the engine fails on gets empty text and a warning, and is not cached, so a rerun retries it.
+    An image the engine fails on gets empty text, its error and a warning, and is not cached, so a rerun retries it.
     """
     missing = {"image_sha256", "image_path"} - set(table.columns)
     if missing:
@@ -256,13 +257,14 @@ def ocr_images(table: pd.DataFrame, engine: OcrEngine, cache: OcrCache) -> pd.Da
     rows, hits, failures, start = [], 0, 0, time.monotonic()
     for done, (sha, image_path) in enumerate(zip(images["image_sha256"], images["image_path"], strict=True), start=1):
         result = cache.get(sha)
-        from_cache = result is not None
+        from_cache, failure = result is not None, ""
         if result is None:
             try:
                 lines = engine.read(image_path)
             except Exception as error:  # one unreadable image must not sink the whole shard
                 log.warning("OCR failed on image %s (sha256 %s): %s", image_path, sha, error)
                 failures += 1
+                failure = f"{type(error).__name__}: {error}"[:300]  # OpenCV's messages run to a screenful
                 result = OcrResult([], "")
             else:
                 result = OcrResult(lines, reading_order(lines))
@@ -276,6 +278,7 @@ def ocr_images(table: pd.DataFrame, engine: OcrEngine, cache: OcrCache) -> pd.Da
                 "n_lines": len(result.lines),
                 "engine": engine.name,
                 "from_cache": from_cache,
+                "error": failure,
             }
         )
         if done % PROGRESS_EVERY == 0 or done == len(images):

@@ -173,7 +173,8 @@ def build_prompt_table(
     if too_long:
         raise PromptTooLongError(
             f"variant {variant.name}: {len(too_long)} prompt(s) above prompt.max_chars = {max_chars}: "
-            f"{', '.join(too_long[:10])}; lower the variant's ocr_max_chars or raise prompt.max_chars"
+            f"{', '.join(too_long[:10])}; lower the variant's ocr_max_chars or describe_max_chars, "
+            "or raise prompt.max_chars"
         )
     for kind, count in fallbacks.items():
         if count:

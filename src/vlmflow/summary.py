@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-FOLD_ENSEMBLE = "fold_ensemble"
-AVERAGE_FOLDS = "average_folds"
+from vlmflow.stages import AVERAGE_FOLDS, FOLD_ENSEMBLE, retrained_model_name  # noqa: E402, F401  (re-exported)
+
 TEST_F1 = "test_weighted_f1"
 TITLES = {
     "variant": "variant",
@@ -27,10 +27,6 @@ TITLES = {
     "noise_recall": "label-noise recall",
     "submitted": "submission from",
 }
-
-
-def retrained_model_name(stages: str) -> str:
-    return f"retrain_{stages}"
 
 
 def _final_model_title(name: str) -> str:
@@ -70,9 +66,14 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def with_titles(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with readable column titles, as the Markdown summary and the report show it."""
     titles = {column: TITLES.get(column) or _final_model_title(column.removeprefix(f"{TEST_F1}.")) for column in table}
-    return table.rename(columns=titles).to_markdown(index=False, floatfmt=".3f") + "\n"
+    return table.rename(columns=titles)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return with_titles(table).to_markdown(index=False, floatfmt=".3f") + "\n"
 
 
 def plot_ablation(table: pd.DataFrame, path: str | Path) -> None:

@@ -24,8 +24,14 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vlmflow.outputs import write_text_atomically
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# MLflow 3's UI opens an experiment on its GenAI pages unless the experiment says it trains models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Set on any run the trainer opens by itself, naming the run it trains for (see training_environment).
+TRAINED_FOR_TAG = "vlmflow.trained_for"
 
 
 def absolute_tracking_uri(uri: str, workdir: str | Path = ".") -> str:
@@ -59,7 +65,7 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | Path
         return experiment.experiment_id
     location = Path(artifact_root).resolve().as_uri()
     try:
-        return retry_locked(lambda: client.create_experiment(name, artifact_location=location))
+        return retry_locked(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND))
     except MlflowException:  # another job created it between our look-up and our create
         return retry_locked(lambda: client.get_experiment_by_name(name)).experiment_id
 
@@ -107,13 +113,36 @@ def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
-    """Environment for ``llamafactory-cli train`` so that ``report_to: mlflow`` logs into ``run_id``."""
+    """Environment for ``llamafactory-cli train`` so that ``report_to: mlflow`` logs into ``run_id``.
+
+    The trainer's callback ends ``run_id`` when training ends; the evaluation LLaMA-Factory runs after
+    it then lands in a new, randomly named run. MLFLOW_RUN_CONTEXT tags such a run with ``run_id`` so
+    that ``log_training`` can move its metrics home.
+    """
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_EXPERIMENT_NAME": experiment,
         "MLFLOW_RUN_ID": run_id,
+        "MLFLOW_RUN_CONTEXT": json.dumps({TRAINED_FOR_TAG: run_id}),
         "HF_MLFLOW_LOG_ARTIFACTS": "0",  # model weights stay in results/, not copied into the store
     }
+
+
+def adopt_trainer_runs(client: MlflowClient, run_id: str) -> int:
+    """Copy the metrics of runs the trainer opened for ``run_id`` into it and delete them; return how many.
+
+    The UI then shows one run per fine-tune, named after its variant and fold, with the final evaluation.
+    """
+    found = retry_locked(
+        lambda: client.search_runs(
+            [client.get_run(run_id).info.experiment_id], filter_string=f"tags.`{TRAINED_FOR_TAG}` = '{run_id}'"
+        )
+    )
+    for stray in found:
+        history = [entry for key in stray.data.metrics for entry in client.get_metric_history(stray.info.run_id, key)]
+        retry_locked(lambda history=history: client.log_batch(run_id, metrics=history))
+        retry_locked(lambda stray=stray: client.delete_run(stray.info.run_id))
+    return len(found)
 
 
 def log_results(client: MlflowClient, run_id: str, metrics: dict[str, float], artifacts: list[str | Path]) -> None:
@@ -134,14 +163,18 @@ def read_run(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_run(path: str | Path, tracking_uri: str, experiment: str, experiment_id: str, run_id: str | None) -> None:
+def write_run(
+    path: str | Path, tracking_uri: str, experiment: str, experiment_id: str, run_id: str | None, **extra
+) -> None:
+    """Write a run reference (``extra`` adds fields, e.g. why the configured server was not used)."""
     reference = {
         "tracking_uri": tracking_uri,
         "experiment": experiment,
         "experiment_id": experiment_id,
         "run_id": run_id,
+        **extra,
     }
-    Path(path).write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(path, json.dumps(reference, indent=2) + "\n")
 
 
 def flatten_params(settings: dict, prefix: str) -> list:
@@ -157,6 +190,7 @@ def flatten_params(settings: dict, prefix: str) -> list:
 
 def log_training(client: MlflowClient, run_id: str, config_path: str | Path, model_dir: str | Path) -> None:
     """Attach a fine-tune's LLaMA-Factory YAML (as params and as a file), loss plot and trainer state."""
+    adopt_trainer_runs(client, run_id)
     settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
     retry_locked(lambda: client.log_batch(run_id, params=flatten_params(settings, "llamafactory")))
     model_dir = Path(model_dir)
@@ -180,6 +214,18 @@ def log_variant_results(
         log_results(client, run["run_id"], {f"heldout_{k}": v for k, v in row.items() if k != "fold"}, files)
     log_results(client, parent["run_id"], metrics, artifacts)
     finish_run(client, parent["run_id"])
+
+
+def share_variant_params(client: MlflowClient, parent_run_id: str, run_ids: list[str]) -> None:
+    """Give each child run its variant's switches (the parent's ``variant.*`` params).
+
+    Comparing two fold runs in the UI then shows what changed between them: the switches beside the
+    LLaMA-Factory YAML. Logging a param again with the same value is allowed, so a rerun is harmless.
+    """
+    params = retry_locked(lambda: client.get_run(parent_run_id)).data.params
+    switches = [mlflow.entities.Param(key, value) for key, value in params.items() if key.startswith("variant.")]
+    for run_id in run_ids:
+        retry_locked(lambda run_id=run_id: client.log_batch(run_id, params=switches))
 
 
 def numeric_metrics(report: dict, prefix: str) -> dict[str, float]:

@@ -3,10 +3,16 @@
 Model selection (``val_size``, ``eval_steps``, ``load_best_model_at_end``) happens inside LLaMA-Factory
 on a split of the dataset it is given, and it is given only the fold's training part, so the
 held-out fold never influences which checkpoint is kept and the out-of-fold predictions stay honest.
+
+Checkpoints go to ``<workdir>/checkpoints``, which no rule declares: Snakemake deletes a failed job's
+outputs, and a killed fine-tune must find its checkpoints on the rerun to resume from them. The
+finished model is then moved into ``<workdir>/model`` (the rule's output) and the checkpoints removed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,6 +24,7 @@ import pandas as pd
 import yaml
 
 from vlmflow.folds import fold_training_part
+from vlmflow.outputs import write_text_atomically
 from vlmflow.prompts import write_llamafactory_dataset
 
 log = logging.getLogger(__name__)
@@ -63,11 +70,12 @@ def write_training_inputs(
     prompts: pd.DataFrame, workdir: str | Path, settings: dict, extra_records: list[dict] = ()
 ) -> Path:
     """Write the labelled prompts (plus text-only ``extra_records``) as a sharegpt dataset and the YAML
-    under ``workdir``; return the YAML's path."""
+    under ``workdir``, resuming from the checkpoints of an interrupted identical run; return the YAML's path."""
     workdir = Path(workdir)
     write_llamafactory_dataset(prompts, workdir / "dataset", settings["dataset"], extra_records)
+    settings = resume_settings(settings, workdir / "dataset")
     config_path = workdir / "llamafactory.yaml"
-    config_path.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    write_text_atomically(config_path, yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
     log.info(
         "%s: %d training records + %d extra, YAML %s",
         settings["dataset"],
@@ -76,6 +84,59 @@ def write_training_inputs(
         config_path,
     )
     return config_path
+
+
+def training_fingerprint(settings: dict, dataset_dir: str | Path) -> str:
+    """A hash of the training YAML and dataset files: checkpoints resume only the very same training."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in sorted(Path(dataset_dir).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def resume_settings(settings: dict, dataset_dir: str | Path) -> dict:
+    """``settings`` plus what resumes from the last checkpoint in ``output_dir``, if an interrupted run of
+    the same training left one; checkpoints of any other training are removed first.
+
+    Without DeepSpeed the weights are loaded from the checkpoint as the base model: transformers 5.6
+    renames Qwen2-VL's keys on save and the trainer's own resume load then matches none of them, which
+    would silently continue from the base weights. DeepSpeed restores its own model states.
+    """
+    checkpoints = Path(settings["output_dir"])
+    fingerprint = training_fingerprint(settings, dataset_dir)
+    stamp = checkpoints / "fingerprint.txt"
+    last = last_complete_checkpoint(checkpoints)
+    if last and stamp.is_file() and stamp.read_text() == fingerprint:
+        log.info("resuming the interrupted training from %s", last)
+        # overwrite_output_dir false: LLaMA-Factory then appends to the trainer log instead of deleting it.
+        resumed = {**settings, "resume_from_checkpoint": str(last), "overwrite_output_dir": False}
+        if "deepspeed" not in settings:
+            resumed["model_name_or_path"] = str(last)
+        return resumed
+    if checkpoints.exists():
+        log.info("removing %s: no checkpoint of this same training to resume from", checkpoints)
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True)
+    stamp.write_text(fingerprint)
+    return settings
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The latest ``checkpoint-<step>`` whose save finished: the trainer writes its state file last, so a
+    job killed while saving leaves a checkpoint without it."""
+    complete = [path for path in checkpoints.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+
+
+def collect_trained_model(checkpoints: str | Path, model_dir: str | Path) -> None:
+    """Move the finished model out of the checkpoints folder into the rule's output, then drop the checkpoints."""
+    checkpoints, model_dir = Path(checkpoints), Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for path in checkpoints.iterdir():
+        if not path.name.startswith("checkpoint-") and path.name != "fingerprint.txt":
+            path.replace(model_dir / path.name)
+    shutil.rmtree(checkpoints)
 
 
 def llamafactory_command(config_path: str | Path, *, deepspeed: bool, processes: int) -> tuple[list[str], dict]:
@@ -99,8 +160,9 @@ def run_llamafactory(command: list[str], extra_env: dict, log_path: str | Path) 
     output = Path(log_path).read_text(encoding="utf-8", errors="replace")
     if BEST_MODEL_NOT_LOADED in output:
         log.warning(
-            "load_best_model_at_end did not load the best checkpoint (its keys did not match the model's); "
-            "the saved weights are the last step's. Seen with transformers 5.6 and Qwen2-VL without DeepSpeed."
+            "The trainer could not load a saved checkpoint's weights by name (transformers 5.6 renames "
+            "Qwen2-VL's keys on save, without DeepSpeed): with load_best_model_at_end the saved model is the "
+            "last step's, not the best. A resumed run is unaffected: its weights come from the checkpoint."
         )
     if completed.returncode != 0:
         tail = output.splitlines()[-30:]
@@ -135,7 +197,7 @@ def train_model(
         model=model,
         dataset_dir=workdir / "dataset",
         dataset=dataset,
-        output_dir=workdir / "model",
+        output_dir=workdir / "checkpoints",
         hyperparameters=hyperparameters,
         deepspeed_config=deepspeed_config,
         report_to_mlflow="MLFLOW_RUN_ID" in (extra_env or {}),
@@ -149,6 +211,7 @@ def train_model(
     # 10x slower on a shared 2-core machine.
     env["OMP_NUM_THREADS"] = str(threads)
     run_llamafactory(command, {**env, **(extra_env or {})}, log_path)
+    collect_trained_model(workdir / "checkpoints", workdir / "model")
     return config_path
 
 

@@ -5,9 +5,15 @@ from pathlib import Path
 # common.smk imports the library straight from src/; jobs import the installed one (`make install`).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from vlmflow.final_training import final_round, stage_set, stage_set_name
 from vlmflow.labels import load_labels
-from vlmflow.summary import AVERAGE_FOLDS, retrained_model_name
+from vlmflow.offline import unreachable_notice
+from vlmflow.stages import (
+    AVERAGE_FOLDS,
+    final_round,
+    retrained_model_name,
+    stage_set,
+    stage_set_name,
+)
 
 SPLITS = ["train", "test"]
 DEMO_MODEL_DIR = "resources/demo/tiny-qwen2-vl"
@@ -168,6 +174,7 @@ def all_targets():
         *base_model(),
         *expand("results/{variant}/prompts.parquet", variant=VARIANTS),
         "results/folds/folds.csv",
+        *expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
         "results/summary.md",
         *expand(
             "results/{variant}/{name}",
@@ -175,6 +182,7 @@ def all_targets():
             name=["label_review.html", "pseudo_labels.csv", "submission.csv"],
         ),
         *teacher_targets(),
+        *report_targets(),
     ]
 
 
@@ -256,3 +264,23 @@ def reason_diversity_if_needed(wildcards):
 def teacher_targets():
     """Reason diversity reports of every reason variant (teacher tables are inputs of the prompts)."""
     return expand("results/{variant}/reason_diversity.json", variant=reason_variants())
+
+
+def report_targets():
+    """Every output made for the report, so that `snakemake` (rule all) leaves the report complete."""
+    return [
+        "results/summary.html",
+        "results/run_config.html",
+        *expand(
+            "results/{variant}/{name}",
+            variant=VARIANTS,
+            name=["loss_curves.png", "pseudo_labels.png", "label_review_embedded.html"],
+        ),
+    ]
+
+
+def tell_if_mlflow_was_offline():
+    """Print, at the end of a run, that the MLflow server was unreachable and where the runs went."""
+    notice = unreachable_notice("results/mlflow_experiment.json")
+    if notice:
+        print(f"\n{notice}\n", file=sys.stderr)

@@ -17,13 +17,29 @@ rule evaluate_variant:
         out_of_fold="results/{variant}/oof_probs.parquet",
         test="results/{variant}/test_probs.parquet",
         report="results/{variant}/per_class_report.csv",
-        confusion_matrix="results/{variant}/confusion_matrix.png",
+        confusion_matrix=report(
+            "results/{variant}/confusion_matrix.png",
+            caption="../report/confusion_matrix.rst",
+            category="Training",
+            subcategory="{variant}",
+            labels={"variant": "{variant}", "result": "confusion matrix, out of fold"},
+        ),
         fold_reports=expand(
             "results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS
         ),
-        fold_matrices=expand(
-            "results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS
-        ),
+        fold_matrices=[
+            report(
+                f"results/{{variant}}/fold{fold}/confusion_matrix.png",
+                caption="../report/fold_confusion_matrix.rst",
+                category="Training",
+                subcategory="{variant}",
+                labels={
+                    "variant": "{variant}",
+                    "result": f"confusion matrix, fold {fold}",
+                },
+            )
+            for fold in FOLDS
+        ],
     log:
         "logs/evaluate/{variant}.log",
     conda:
@@ -91,7 +107,12 @@ rule summarize_ablation:
     output:
         table="results/summary.csv",
         markdown="results/summary.md",
-        chart="results/summary.png",
+        chart=report(
+            "results/summary.png",
+            caption="../report/summary_chart.rst",
+            category="Ablation summary",
+            labels={"result": "bar chart: weighted F1 per variant and final model"},
+        ),
         run="results/summary_mlflow_run.json",
     log:
         "logs/summary/ablation.log",

@@ -6,9 +6,12 @@ import pandas as pd
 
 from vlmflow.folds import assign_folds
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 folds, report = assign_folds(pd.read_parquet(snakemake.input.records), snakemake.params.folds, snakemake.params.seed)
-folds.to_csv(snakemake.output.folds, index=False)
-with open(snakemake.output.report, "w", encoding="utf-8") as report_file:
+folds.to_csv(output.folds, index=False)
+with open(output.report, "w", encoding="utf-8") as report_file:
     json.dump(report, report_file, ensure_ascii=False, indent=2)
+output.commit()

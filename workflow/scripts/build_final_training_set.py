@@ -8,10 +8,12 @@ from vlmflow.final_training import build_final_training_set, final_training_reco
 from vlmflow.general_data import read_general_records
 from vlmflow.labels import load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.prompts import PromptVariant
 from vlmflow.teacher import descriptions_by_image, reasons_by_image_and_label
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 test_records = pd.read_parquet(snakemake.input.test_records)
 pseudo = pd.read_csv(snakemake.input.pseudo_labels) if snakemake.input.pseudo_labels else None
 records = final_training_records(pd.read_parquet(snakemake.input.records), pseudo, test_records)
@@ -34,8 +36,9 @@ prompts, general_sample, report = build_final_training_set(
     teacher_reasons=reasons_by_image_and_label(pd.read_parquet(reasons)) if reasons else None,
     teacher_descriptions=descriptions_by_image(pd.read_parquet(descriptions)) if descriptions else None,
 )
-prompts.to_parquet(snakemake.output.prompts, index=False)
-with open(snakemake.output.general, "w", encoding="utf-8") as general_file:
+prompts.to_parquet(output.prompts, index=False)
+with open(output.general, "w", encoding="utf-8") as general_file:
     json.dump(general_sample, general_file, ensure_ascii=False, indent=1)
-with open(snakemake.output.report, "w", encoding="utf-8") as report_file:
+with open(output.report, "w", encoding="utf-8") as report_file:
     json.dump(report, report_file, ensure_ascii=False, indent=2)
+output.commit()

@@ -7,10 +7,13 @@ import pandas as pd
 from vlmflow.ingest import read_split_tables
 from vlmflow.labels import load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.prompts import PromptVariant, build_prompt_table, write_llamafactory_dataset
 from vlmflow.teacher import descriptions_by_image, reasons_by_image_and_label
 
 log_to(snakemake.log[0])
+# The table is staged; the LLaMA-Factory dataset's file names are fixed by its format, so it is written as named.
+output = staged(snakemake.output, "prompts")
 records = read_split_tables(snakemake.input.records)
 ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else pd.DataFrame(columns=["image_sha256", "text"])
 reasons, descriptions = snakemake.input.teacher_reasons, snakemake.input.teacher_descriptions
@@ -24,5 +27,6 @@ prompts = build_prompt_table(
     teacher_reasons=reasons_by_image_and_label(pd.read_parquet(reasons)) if reasons else None,
     teacher_descriptions=descriptions_by_image(pd.read_parquet(descriptions)) if descriptions else None,
 )
-prompts.to_parquet(snakemake.output.prompts, index=False)
+prompts.to_parquet(output.prompts, index=False)
 write_llamafactory_dataset(prompts, Path(snakemake.output.dataset).parent, Path(snakemake.output.dataset).stem)
+output.commit()

@@ -3,14 +3,16 @@
 from vlmflow.demo_dataset import demo_vocabulary
 from vlmflow.labels import baseline_prompt, described_prompt, load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.tiny_model import build_tiny_qwen2_vl
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 labels = load_labels(snakemake.input.labels)
 corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
 size = snakemake.params.demo["model"]
 build_tiny_qwen2_vl(
-    snakemake.output.model,
+    output.model,
     corpus,
     seed=snakemake.params.demo["seed"],
     text_hidden_size=size["text_hidden_size"],
@@ -19,3 +21,4 @@ build_tiny_qwen2_vl(
     vocab_size=size["vocab_size"],
     max_pixels=size["max_pixels"],
 )
+output.commit()

@@ -1,11 +1,15 @@
-"""Create the MLflow store and experiment once, before parallel jobs write to it."""
+"""Create the MLflow store and experiment once, before parallel jobs write to it.
+
+An unreachable tracking server does not stop the run: it logs to a local store instead (vlmflow.offline).
+"""
 
 from mlflow.tracking import MlflowClient
 
 from vlmflow.logfile import log_to
-from vlmflow.tracking import absolute_tracking_uri, ensure_experiment, write_run
+from vlmflow.offline import choose_store
+from vlmflow.tracking import ensure_experiment, write_run
 
 log_to(snakemake.log[0])
-tracking_uri = absolute_tracking_uri(snakemake.params.tracking_uri)
+tracking_uri, fallback = choose_store(snakemake.params.tracking_uri)
 experiment_id = ensure_experiment(MlflowClient(tracking_uri), snakemake.params.experiment, "results/mlflow-artifacts")
-write_run(snakemake.output.experiment, tracking_uri, snakemake.params.experiment, experiment_id, run_id=None)
+write_run(snakemake.output.experiment, tracking_uri, snakemake.params.experiment, experiment_id, None, **fallback)

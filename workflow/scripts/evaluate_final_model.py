@@ -6,9 +6,12 @@ import pandas as pd
 
 from vlmflow.logfile import log_to
 from vlmflow.metrics import test_set_metrics
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
 metrics = test_set_metrics(pd.read_parquet(snakemake.input.test), truth)
-with open(snakemake.output.metrics, "w", encoding="utf-8") as metrics_file:
+with open(output.metrics, "w", encoding="utf-8") as metrics_file:
     json.dump(metrics, metrics_file, indent=2)
+output.commit()

@@ -8,8 +8,10 @@ import pandas as pd
 from vlmflow.labels import label_names, load_labels
 from vlmflow.logfile import log_to
 from vlmflow.metrics import evaluate_variant, per_class_report, plot_confusion_matrix, write_fold_reports
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 out_of_fold = {int(re.search(r"fold(\d+)", path)[1]): pd.read_parquet(path) for path in snakemake.input.out_of_fold}
 truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
 metrics, fold_metrics, oof, test = evaluate_variant(
@@ -19,12 +21,13 @@ metrics, fold_metrics, oof, test = evaluate_variant(
     truth,
 )
 labels = label_names(load_labels(snakemake.input.labels))
-per_class_report(oof["given_label"], oof["predicted"], labels).to_csv(snakemake.output.report, index=False)
+per_class_report(oof["given_label"], oof["predicted"], labels).to_csv(output.report, index=False)
 title = f"{snakemake.wildcards.variant}: out of fold, weighted F1 {metrics['oof_weighted_f1']:.3f}"
-plot_confusion_matrix(oof["given_label"], oof["predicted"], labels, snakemake.output.confusion_matrix, title)
-write_fold_reports(oof, labels, snakemake.output.fold_reports, snakemake.output.fold_matrices)
-oof.to_parquet(snakemake.output.out_of_fold, index=False)
-test.to_parquet(snakemake.output.test, index=False)
-fold_metrics.to_csv(snakemake.output.fold_metrics, index=False)
-with open(snakemake.output.metrics, "w", encoding="utf-8") as metrics_file:
+plot_confusion_matrix(oof["given_label"], oof["predicted"], labels, output.confusion_matrix, title)
+write_fold_reports(oof, labels, output.fold_reports, output.fold_matrices)
+oof.to_parquet(output.out_of_fold, index=False)
+test.to_parquet(output.test, index=False)
+fold_metrics.to_csv(output.fold_metrics, index=False)
+with open(output.metrics, "w", encoding="utf-8") as metrics_file:
     json.dump(metrics, metrics_file, indent=2)
+output.commit()

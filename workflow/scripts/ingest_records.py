@@ -3,8 +3,10 @@
 from vlmflow.ingest import ingest_records, write_ingest_outputs
 from vlmflow.labels import label_names, load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 result = ingest_records(
     snakemake.input.data,
     label_set=label_names(load_labels(snakemake.input.labels)),
@@ -14,4 +16,5 @@ result = ingest_records(
     max_image_pixels=snakemake.params.max_image_pixels,
     on_error=snakemake.params.on_error,
 )
-write_ingest_outputs(result, snakemake.output.records, snakemake.output.rejected, snakemake.output.counts)
+write_ingest_outputs(result, output.records, output.rejected, output.counts)
+output.commit()

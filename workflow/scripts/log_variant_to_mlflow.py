@@ -6,7 +6,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from vlmflow.logfile import log_to
-from vlmflow.tracking import log_results, log_variant_results, numeric_metrics, read_run
+from vlmflow.outputs import staged
+from vlmflow.tracking import log_results, log_variant_results, numeric_metrics, read_run, share_variant_params
 
 
 def read_json(path):
@@ -15,6 +16,7 @@ def read_json(path):
 
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 parent = read_run(snakemake.input.parent_run)
 metrics = read_json(snakemake.input.metrics)
 metrics |= numeric_metrics(read_json(snakemake.input.correction_scores), "correction")
@@ -27,6 +29,8 @@ final = {
 for name, final_metrics in final.items():
     metrics |= numeric_metrics(final_metrics, f"final.{name}")
 client = MlflowClient(parent["tracking_uri"])
+children = [*snakemake.input.fold_runs, *snakemake.input.retrained_runs]
+share_variant_params(client, parent["run_id"], [read_run(path)["run_id"] for path in children])
 for name, run, training_set in zip(
     snakemake.params.retrained, snakemake.input.retrained_runs, snakemake.input.training_sets, strict=True
 ):
@@ -51,5 +55,6 @@ log_variant_results(
     ],
     [list(files) for files in zip(snakemake.input.fold_reports, snakemake.input.fold_matrices, strict=True)],
 )
-with open(snakemake.output.logged, "w", encoding="utf-8") as logged:
+with open(output.logged, "w", encoding="utf-8") as logged:
     json.dump({"run_id": parent["run_id"], "metrics": metrics}, logged, indent=2)
+output.commit()

@@ -4,8 +4,11 @@ import json
 
 from vlmflow.general_data import demo_general_records
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 records = demo_general_records(snakemake.params.n, snakemake.params.seed)
-with open(snakemake.output.general, "w", encoding="utf-8") as general:
+with open(output.general, "w", encoding="utf-8") as general:
     json.dump(records, general, ensure_ascii=False, indent=1)
+output.commit()

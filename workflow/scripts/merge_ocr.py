@@ -3,6 +3,9 @@
 import pandas as pd
 
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
-pd.concat([pd.read_parquet(path) for path in snakemake.input.shards]).to_parquet(snakemake.output.text, index=False)
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
+pd.concat([pd.read_parquet(path) for path in snakemake.input.shards]).to_parquet(output.text, index=False)
+output.commit()

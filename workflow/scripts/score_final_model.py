@@ -5,10 +5,12 @@ import pandas as pd
 from vlmflow.gpu_lease import lease_gpus
 from vlmflow.labels import label_names, load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.prompts import PromptVariant
 from vlmflow.scoring import load_scorer, score_table
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 prompts = pd.read_parquet(snakemake.input.prompts)
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
     scorer = load_scorer(snakemake.input.model, device=snakemake.params.device, num_threads=snakemake.threads)
@@ -18,4 +20,5 @@ with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE
         labels=label_names(load_labels(snakemake.input.labels)),
         variant=PromptVariant.from_config(snakemake.params.variant),
         reason_max_new_tokens=snakemake.params.max_new_tokens,
-    ).to_parquet(snakemake.output.test, index=False)
+    ).to_parquet(output.test, index=False)
+output.commit()

@@ -6,10 +6,12 @@ from vlmflow.folds import held_out_part
 from vlmflow.gpu_lease import lease_gpus
 from vlmflow.labels import label_names, load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.prompts import PromptVariant
 from vlmflow.scoring import load_scorer, score_table
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 prompts, folds = pd.read_parquet(snakemake.input.prompts), pd.read_csv(snakemake.input.folds)
 labels = label_names(load_labels(snakemake.input.labels))
 variant = PromptVariant.from_config(snakemake.params.variant)
@@ -17,5 +19,6 @@ held_out = held_out_part(prompts, folds, int(snakemake.wildcards.fold))
 score = dict(labels=labels, variant=variant, reason_max_new_tokens=snakemake.params.max_new_tokens)
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
     scorer = load_scorer(snakemake.input.model, device=snakemake.params.device, num_threads=snakemake.threads)
-    score_table(scorer, held_out, **score).to_parquet(snakemake.output.out_of_fold, index=False)
-    score_table(scorer, prompts[prompts["split"] == "test"], **score).to_parquet(snakemake.output.test, index=False)
+    score_table(scorer, held_out, **score).to_parquet(output.out_of_fold, index=False)
+    score_table(scorer, prompts[prompts["split"] == "test"], **score).to_parquet(output.test, index=False)
+output.commit()

@@ -3,6 +3,7 @@
 import json
 
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
 from vlmflow.tracking import log_summary_run, read_run, write_run
 
@@ -13,6 +14,8 @@ def read_json(path):
 
 
 log_to(snakemake.log[0])
+# Renamed into place before MLflow logs them (it keeps file names); the run reference is written last.
+output = staged(snakemake.output, "table", "markdown", "chart")
 variants, names = snakemake.params.variants, snakemake.params.final_models
 final_metrics = iter(snakemake.input.final_metrics)  # variant-major, names in order
 rows = [
@@ -28,10 +31,11 @@ rows = [
     )
 ]
 table = ablation_table(rows)
-table.to_csv(snakemake.output.table, index=False)
-with open(snakemake.output.markdown, "w", encoding="utf-8") as markdown:
+table.to_csv(output.table, index=False)
+with open(output.markdown, "w", encoding="utf-8") as markdown:
     markdown.write(to_markdown(table))
-plot_ablation(table, snakemake.output.chart)
+plot_ablation(table, output.chart)
+output.commit()
 experiment = read_run(snakemake.input.experiment)
 run_id = log_summary_run(
     experiment, summary_metrics(table), [snakemake.output.table, snakemake.output.markdown, snakemake.output.chart]

@@ -2,9 +2,11 @@
 
 from vlmflow.ingest import read_split_tables
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.teacher import TeacherSettings, ask_teacher, description_requests
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 records = read_split_tables(snakemake.input.records)
 requests = description_requests(records, snakemake.params.prompt, snakemake.params.max_chars)
 # Transport settings come from config, not params: changing them must not rerun this rule and its dependents.
@@ -16,5 +18,6 @@ descriptions, failures = ask_teacher(
     max_chars=snakemake.params.max_chars,
     on_error=snakemake.params.on_error,
 )
-descriptions.drop(columns=["image_path", "label"]).to_parquet(snakemake.output.descriptions, index=False)
-failures.drop(columns="label").to_csv(snakemake.output.failures, index=False)
+descriptions.drop(columns=["image_path", "label"]).to_parquet(output.descriptions, index=False)
+failures.drop(columns="label").to_csv(output.failures, index=False)
+output.commit()

@@ -6,9 +6,12 @@ import pandas as pd
 
 from vlmflow.diversity import reason_diversity, reasons_from_prompts
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 reasons = reasons_from_prompts(pd.read_parquet(snakemake.input.prompts))
 report = {"source": snakemake.params.source, **reason_diversity(reasons, snakemake.params.threshold)}
-with open(snakemake.output.report, "w", encoding="utf-8") as report_file:
+with open(output.report, "w", encoding="utf-8") as report_file:
     json.dump(report, report_file, ensure_ascii=False, indent=2)
+output.commit()

@@ -3,9 +3,11 @@
 from vlmflow.ingest import read_split_tables
 from vlmflow.labels import load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.teacher import TeacherSettings, ask_teacher, reason_requests
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 records = read_split_tables([snakemake.input.records])
 labels = load_labels(snakemake.input.labels)
 requests = reason_requests(records, labels, snakemake.params.prompt, snakemake.params.max_chars)
@@ -18,5 +20,6 @@ reasons, failures = ask_teacher(
     max_chars=snakemake.params.max_chars,
     on_error=snakemake.params.on_error,
 )
-reasons.drop(columns="image_path").to_parquet(snakemake.output.reasons, index=False)
-failures.to_csv(snakemake.output.failures, index=False)
+reasons.drop(columns="image_path").to_parquet(output.reasons, index=False)
+failures.to_csv(output.failures, index=False)
+output.commit()

@@ -4,12 +4,15 @@ import pandas as pd
 
 from vlmflow.labels import label_names, load_labels
 from vlmflow.logfile import log_to
+from vlmflow.outputs import staged
 from vlmflow.submission import write_submission
 
 log_to(snakemake.log[0])
+output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 write_submission(
     pd.read_parquet(snakemake.input.test),
     list(pd.read_parquet(snakemake.input.test_records)["id"]),
     label_names(load_labels(snakemake.input.labels)),
-    snakemake.output.submission,
+    output.submission,
 )
+output.commit()
