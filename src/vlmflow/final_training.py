@@ -17,7 +17,6 @@ from vlmflow.general_data import sample_general_records
 from vlmflow.labels import Label
 from vlmflow.prompts import PromptVariant, build_prompt_table
 from vlmflow.pseudo import pseudo_training_records
-from vlmflow.stages import STAGES, final_round, stage_set, stage_set_name  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

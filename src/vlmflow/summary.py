@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmflow.stages import AVERAGE_FOLDS, FOLD_ENSEMBLE, retrained_model_name  # noqa: E402, F401  (re-exported)
+from vlmflow.stages import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
 
 TEST_F1 = "test_weighted_f1"
 TITLES = {
