@@ -5,6 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 CORES ?= all
+# Extra Snakemake options for demo and demo-teacher, e.g. SNAKEMAKE_ARGS="--rerun-triggers mtime" to keep
+# results an older vlmflow made instead of rerunning every job whose code changed since. They come last:
+# options such as --rerun-triggers and --forcerun take every word after them.
+SNAKEMAKE_ARGS ?=
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
@@ -27,7 +31,7 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --report results/report.html
 	@echo; echo "Ablation summary (results/summary.md, chart results/summary.png):"; echo
 	@cat results/summary.md
@@ -49,11 +53,11 @@ screenshots: report
 # The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
 # the run (reason and describe-then-classify variants), and stops with it. See docs/teacher.md.
 demo-teacher: install
-	$(BIN)/snakemake --cores $(CORES) resources/demo/tiny-qwen2-vl
+	$(BIN)/snakemake --cores $(CORES) resources/demo/tiny-qwen2-vl $(SNAKEMAKE_ARGS)
 	scripts/teacher_server.sh > logs/teacher_server.log 2>&1 & server=$$!; \
 	trap "kill $$server" EXIT; \
 	for i in $$(seq 120); do curl -sf http://127.0.0.1:8008/v1/models >/dev/null && break; sleep 1; done; \
-	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml $(SNAKEMAKE_ARGS)
 	@cat results/summary.md
 
 test: install

@@ -87,9 +87,9 @@ def ocr_figures(config: dict) -> dict:
     }
 
 
-def timed(command: list[str], cwd: Path) -> float:
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True, env=env)
     return time.perf_counter() - start
 
 
@@ -150,8 +150,18 @@ def main() -> None:
         timed([sys.executable, "-c", "import snakemake_executor_plugin_slurm"], REPO) for _ in range(3)
     )
     print(f"| of which: importing the SLURM executor plugin (median of 3) | {plugin:.2f} |")
+    # What a machine where the probe answers at once sees (no SLURM client, or a live controller): the
+    # tests' SLURM_CONF, whose controller is absent and whose MessageTimeout is 1 s, so scontrol gives up.
+    quick_probe = {**os.environ, "SLURM_CONF": str(REPO / "tests/slurm_without_controller.conf")}
+    no_probe = statistics.median(
+        timed([*SNAKEMAKE, *triggers, "--cores", "1", "--quiet"], REPO, quick_probe) for _ in range(3)
+    )
+    print(f"| no-op `snakemake`, SLURM probe failing at once (median of 3) | {no_probe:.2f} |")
     print(f"| DAG build, 5 variants x 5 folds ({jobs} jobs, dry run) | {dag_seconds:.2f} |")
-    print(f"\ntarget: no-op `snakemake` under 3 s: {'met' if median < 3 else 'MISSED'}\n")
+    print(
+        f"\ntarget: no-op `snakemake` under 3 s: {'met' if median < 3 else 'MISSED'} on this machine as it is, "
+        f"{'met' if no_probe < 3 else 'MISSED'} where the SLURM probe fails at once\n"
+    )
 
     print("## Scoring\n", flush=True)
     scoring = [

@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from vlmflow.labels import baseline_prompt, load_labels
+from vlmflow.local_server import free_port, stop_process_group
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running pytest holds snakemake and the CLIs
+# Off SLURM, the SLURM executor plugin's import-time `scontrol` probe gives up at once instead of
+# waiting 10 s per Snakemake start for a controller that is not there (see the file).
+NO_SLURM_CONTROLLER = REPO / "tests" / "slurm_without_controller.conf"
+# The tests' teacher server refuses requests without this key; the workflow reads it from KEY_ENV.
+KEY_ENV = "VLMFLOW_TEST_TEACHER_KEY"
+KEY = "s3cret-test-key"
 
 
 # The demo's CPU training settings, cut to a handful of steps.
@@ -67,16 +78,20 @@ def small_demo_config(workdir: Path, **overrides) -> dict:
     return config
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `snakemake` on the repository's Snakefile with `config`, outputs under `workdir`."""
-    command, env = snakemake_command(workdir, config, *args)
+def run_snakemake(
+    workdir: Path, config: dict, *args: str, check: bool = True, slurm: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `snakemake` on the repository's Snakefile with `config`, outputs under `workdir`; `slurm` keeps
+    the machine's SLURM configuration (for runs through a cluster), `env` adds variables."""
+    command, full_env = snakemake_command(workdir, config, *args, slurm=slurm)
+    env = {**full_env, **(env or {})}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> tuple[list[str], dict]:
+def snakemake_command(workdir: Path, config: dict, *args: str, slurm: bool = False) -> tuple[list[str], dict]:
     """The command line and environment of `run_snakemake` (for tests that start it in the background)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
@@ -92,23 +107,90 @@ def snakemake_command(workdir: Path, config: dict, *args: str) -> tuple[list[str
         *args,
     ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    if not slurm:
+        env["SLURM_CONF"] = str(NO_SLURM_CONTROLLER)
     return command, env
+
+
+@dataclass
+class ApiServer:
+    url: str
+    log: Path
+
+    def completions(self) -> int:
+        """Chat requests the server has answered so far, from its access log."""
+        return self.log.read_text(encoding="utf-8", errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
+@pytest.fixture(scope="session")
+def llamafactory_api(tmp_path_factory):
+    """`llamafactory-cli api` serving a tiny random-weight Qwen2-VL on 127.0.0.1, behind an API key: the
+    teacher of the end-to-end run and of tests/test_teacher.py."""
+    from vlmflow.demo_dataset import demo_vocabulary
+    from vlmflow.tiny_model import build_tiny_qwen2_vl
+
+    folder = tmp_path_factory.mktemp("teacher_server")
+    labels = load_labels(REPO / "config" / "labels.yaml")
+    model = build_tiny_qwen2_vl(
+        folder / "model", [baseline_prompt(labels), *demo_vocabulary()], seed=0, text_hidden_size=64, text_layers=2
+    )
+    settings_file = folder / "api.yaml"
+    settings_file.write_text(f"model_name_or_path: {model}\ntemplate: qwen2_vl\ninfer_backend: huggingface\n")
+    port = free_port()
+    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
+    log_path = folder / "server.log"
+    with open(log_path, "w") as log_file:
+        server = subprocess.Popen(
+            [str(BIN / "llamafactory-cli"), "api", str(settings_file)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as one below
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        # Polled with the key: local_server.wait_for_http would take the server's 401 for "not up yet".
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"llamafactory-cli api exited:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llamafactory-cli api did not start in 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield ApiServer(url, log_path)
+    finally:
+        stop_process_group(server, timeout=30)
+
+
+# The end-to-end run's third variant: the teacher writes its reasons and its image descriptions.
+TAUGHT = {"name": "taught", "ocr": True, "reason": True, "describe": True, "describe_max_chars": 40}
 
 
 @dataclass(frozen=True)
 class DemoRun:
     workdir: Path
     config: dict
+    teacher: ApiServer
+    teacher_requests: int  # chat completions the teacher answered during the run
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> DemoRun:
+def demo_run(tmp_path_factory, llamafactory_api) -> DemoRun:
     """The reduced demo, run through every rule once per session and shared by the tests that read it
     (the end-to-end assertions, the report and the MLflow UI): the run is the slowest thing CI does.
+    A teacher (LLaMA-Factory's API server) writes the reasons and descriptions of the `taught` variant.
 
     A test leaves it as it found it: it changes a deep copy of the config and undoes what it writes.
     """
     workdir = tmp_path_factory.mktemp("demo")
     config = small_demo_config(workdir)
-    run_snakemake(workdir, config, "--cores", "2")
-    return DemoRun(workdir, config)
+    config["variants"].append(dict(TAUGHT))
+    config["teacher"] = {"base_url": llamafactory_api.url, "model": "tiny", "api_key_env": KEY_ENV, "max_tokens": 12}
+    before = llamafactory_api.completions()
+    run_snakemake(workdir, config, "--cores", "2", env={KEY_ENV: KEY})
+    return DemoRun(workdir, config, llamafactory_api, llamafactory_api.completions() - before)

@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from vlmflow.local_server import free_port
 from vlmflow.outputs import partial_path
 from vlmflow.tracking import absolute_tracking_uri, ensure_experiment, log_results, start_child_run, start_variant_run
 from vlmflow.train import last_complete_checkpoint
@@ -154,9 +154,7 @@ def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_f
 
 @pytest.mark.slow
 def test_an_unreachable_tracking_server_does_not_stop_training_and_is_reported_at_the_end(tmp_path):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        server = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    server = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     config = small_demo_config(tmp_path, variants=[{"name": "baseline"}], mlflow={"tracking_uri": server})
     result = run_snakemake(tmp_path, config, "--cores", "2", "results/baseline/fold0/mlflow_run.json")
 

@@ -110,6 +110,7 @@ def test_reduced_demo_runs_through_slurm_and_logs_folds_to_an_mlflow_server(tmp_
         "5",
         "--slurm-keep-successful-logs",
         "results/baseline/submission.csv",  # last: options before it take lists of values
+        slurm=True,
     )
 
     # Every job went through sbatch and ran under slurmd, which wrote its log.

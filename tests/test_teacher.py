@@ -6,8 +6,6 @@ import base64
 import io
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +14,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from vlmflow.diversity import reason_diversity, reasons_from_prompts
-from vlmflow.labels import Label, baseline_prompt, load_labels
-from vlmflow.local_server import stop_process_group
+from vlmflow.labels import Label
 from vlmflow.teacher import (
     TeacherCache,
     TeacherClient,
@@ -38,10 +34,8 @@ from vlmflow.teacher import (
     reason_requests,
 )
 
-from conftest import BIN, REPO, run_snakemake, small_demo_config
+from conftest import KEY, KEY_ENV, run_snakemake, small_demo_config
 
-KEY_ENV = "VLMFLOW_TEST_TEACHER_KEY"
-KEY = "s3cret-test-key"
 LABELS = [Label("退款页面", "含有退款信息的页面"), Label("支付页面", "包含支付方式选择、支付成功的页面")]
 
 
@@ -447,65 +441,6 @@ def test_diversity_reads_the_reasons_a_variant_trains_on():
 
 
 # --- against LLaMA-Factory's OpenAI-compatible API server -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class ApiServer:
-    url: str
-    log: Path
-
-    def completions(self) -> int:
-        """Chat requests the server has answered so far, from its access log."""
-        return self.log.read_text(encoding="utf-8", errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
-
-
-@pytest.fixture(scope="module")
-def llamafactory_api(tmp_path_factory):
-    """`llamafactory-cli api` serving a tiny random-weight Qwen2-VL on 127.0.0.1, behind an API key."""
-    from vlmflow.demo_dataset import demo_vocabulary
-    from vlmflow.tiny_model import build_tiny_qwen2_vl
-
-    folder = tmp_path_factory.mktemp("teacher_server")
-    labels = load_labels(REPO / "config" / "labels.yaml")
-    model = build_tiny_qwen2_vl(
-        folder / "model", [baseline_prompt(labels), *demo_vocabulary()], seed=0, text_hidden_size=64, text_layers=2
-    )
-    settings_file = folder / "api.yaml"
-    settings_file.write_text(f"model_name_or_path: {model}\ntemplate: qwen2_vl\ninfer_backend: huggingface\n")
-    port = free_port()
-    env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
-    log_path = folder / "server.log"
-    with open(log_path, "w") as log_file:
-        server = subprocess.Popen(
-            [str(BIN / "llamafactory-cli"), "api", str(settings_file)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as one below
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"llamafactory-cli api exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llamafactory-cli api did not start in 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield ApiServer(url, log_path)
-    finally:
-        stop_process_group(server, timeout=30)
 
 
 @pytest.mark.slow

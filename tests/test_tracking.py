@@ -36,6 +36,19 @@ def test_variant_and_fold_runs_nest_with_an_absolute_artifact_location(tmp_path)
     assert child_run.data.tags["mlflow.parentRunId"] == parent and child_run.info.run_name == "baseline_ocr/fold3"
 
 
+def test_a_killed_jobs_run_left_running_is_marked_killed_when_the_job_runs_again(tmp_path):
+    client = MlflowClient(absolute_tracking_uri("sqlite:///mlflow.db", tmp_path))
+    experiment_id = ensure_experiment(client, "demo", tmp_path / "artifacts")
+    parent = start_variant_run(client, experiment_id, "baseline", {})
+    other_parent = start_variant_run(client, experiment_id, "baseline", {})  # another run of the workflow
+    killed = start_fold_run(client, experiment_id, parent, "baseline", 0)
+    other_fold = start_fold_run(client, experiment_id, parent, "baseline", 1)
+    elsewhere = start_fold_run(client, experiment_id, other_parent, "baseline", 0)
+    rerun = start_fold_run(client, experiment_id, parent, "baseline", 0)
+    assert client.get_run(killed).info.status == "KILLED"
+    assert {client.get_run(run).info.status for run in (other_fold, elsewhere, rerun)} == {"RUNNING"}
+
+
 def test_numeric_metrics_keep_top_level_numbers_only():
     report = {"kept": 4, "tau": 0.9, "method": "x", "ok": True, "kept_per_class": {"实物拍摄(含售后)": 2}}
     assert numeric_metrics(report, "pseudo") == {"pseudo.kept": 4.0, "pseudo.tau": 0.9}

@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert "baseline_ocr" in summary and "out-of-fold weighted F1" in summary
     assert "test wF1: retrain, correction + pseudo" in summary and "test wF1: averaged folds" in summary
     table = pd.read_csv(workdir / "results/summary.csv")
-    assert list(table["variant"]) == ["baseline", "baseline_ocr"]
+    assert list(table["variant"]) == ["baseline", "baseline_ocr", "taught"]
     assert table["test_weighted_f1.retrain_correction_pseudo"].between(0, 1).all()
     assert (workdir / "results/summary.png").stat().st_size > 10_000
 
@@ -71,7 +71,7 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     experiment = client.get_experiment_by_name("vlmflow")
     runs = client.search_runs([experiment.experiment_id])
     parents = {run.data.tags["variant"]: run for run in runs if run.data.tags.get("level") == "variant"}
-    assert set(parents) == {"baseline", "baseline_ocr"}
+    assert set(parents) == {"baseline", "baseline_ocr", "taught"}
     # Every run is one of ours (the trainer's own post-training evaluation runs were merged into theirs),
     # and the UI opens the experiment on its training runs.
     assert {run.data.tags.get("level") for run in runs} == {"variant", "fold", "final", "summary"}
@@ -146,7 +146,7 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
         )
         assert sum("images" not in record for record in dataset) == report["general_records"]
     # The final fit sees the prompts the fold models saw and the scorer uses (OCR text included).
-    for variant in ("baseline", "baseline_ocr"):
+    for variant in ("baseline", "baseline_ocr", "taught"):
         final_prompts = pd.read_parquet(
             workdir / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
         )
@@ -157,9 +157,11 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])
     assert submission["predict"].isin([label.name for label in load_labels(REPO / "config/labels.yaml")]).all()
 
+    assert_the_teachers_text_reaches_training(demo_run)
+
     # Made for the report: loss curves, pseudo-labels per class, the review page with its images inlined,
     # the summary as a page, the configuration with its defaults.
-    for variant in ("baseline", "baseline_ocr"):
+    for variant in ("baseline", "baseline_ocr", "taught"):
         assert (workdir / f"results/{variant}/loss_curves.png").stat().st_size > 10_000
         counts = pd.read_csv(workdir / f"results/{variant}/pseudo_label_counts.csv", index_col="label")
         kept = json.loads((workdir / f"results/{variant}/pseudo_labels.json").read_text())["kept_per_class"]
@@ -170,6 +172,15 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     run_config = yaml.safe_load((workdir / "results/run_config.yaml").read_text(encoding="utf-8"))
     assert run_config["train"]["folds"] == 2 and run_config["mlflow"]["experiment"] == "vlmflow"  # a default
     assert "out-of-fold weighted F1" in (workdir / "results/summary.html").read_text(encoding="utf-8")
+
+    # Every rule of the workflow made something in this run (the target rule `all` makes nothing).
+    defined = {
+        name
+        for path in [REPO / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
+        for name in re.findall(r"^rule (\w+):", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    ran = {json.loads(path.read_text())["rule"] for path in (workdir / ".snakemake/metadata").iterdir()}
+    assert defined - ran == {"all"}
 
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(workdir, config, "--cores", "2", "-n")
@@ -204,6 +215,46 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline"}
     assert sum(rule == "train_final" for rule, _ in planned) == 2  # both rounds; no fold model retrains
     overrides.unlink()  # the run is shared: the report and MLflow UI tests read it as it was
+
+
+def assert_the_teachers_text_reaches_training(demo_run) -> None:
+    """The `taught` variant: the teacher answered once per image and question, and its reasons and
+    descriptions are what the fold models and the final models train on."""
+    workdir = demo_run.workdir
+    reasons = pd.read_parquet(workdir / "results/taught/teacher/reasons.parquet")
+    descriptions = pd.read_parquet(workdir / "results/taught/teacher/descriptions.parquet")
+    train = pd.read_parquet(workdir / "results/data/train.parquet")
+    everything = pd.concat([train, pd.read_parquet(workdir / "results/data/test.parquet")])
+    assert len(reasons) == train[["image_sha256", "label"]].drop_duplicates().shape[0]
+    assert len(descriptions) == everything["image_sha256"].nunique()
+    assert demo_run.teacher_requests == len(reasons) + len(descriptions)
+    assert not reasons["from_cache"].any() and (reasons["text"].str.len().between(1, 50)).all()
+    assert pd.read_csv(workdir / "results/taught/teacher/reasons_failed.csv").empty
+
+    reason_of = dict(zip(zip(reasons["image_sha256"], reasons["label"], strict=True), reasons["text"], strict=True))
+    description_of = dict(zip(descriptions["image_sha256"], descriptions["text"], strict=True))
+    prompts = pd.read_parquet(workdir / "results/taught/prompts.parquet")
+    for prompt in prompts.itertuples():
+        assert f"图片描述:{' '.join(description_of[prompt.image_sha256].split())}\n" in prompt.prompt
+        if prompt.split == "train":
+            label = json.loads(prompt.target)["所属类别"]
+            assert json.loads(prompt.target)["理由"] == reason_of[(prompt.image_sha256, label)]
+    # The final fit: a kept label keeps the teacher's reason; a corrected or pseudo label gets the template's.
+    final = pd.read_parquet(workdir / "results/taught/retrain/correction_pseudo/round1/train_prompts.parquet")
+    kept = final[final["source"] == "train"].merge(train[["id", "label"]], on="id")
+    targets = kept["target"].map(json.loads)
+    same_label = targets.map(lambda target: target["所属类别"]) == kept["label"]
+    assert same_label.any()
+    expected = [reason_of[(sha, label)] for sha, label in zip(kept["image_sha256"], kept["label"], strict=True)]
+    assert (targets.map(lambda target: target["理由"])[same_label] == pd.Series(expected)[same_label]).all()
+    diversity = json.loads((workdir / "results/taught/reason_diversity.json").read_text(encoding="utf-8"))
+    assert diversity["source"] == "teacher" and diversity["reasons"] == len(train)
+    # ... and reaches the variant's MLflow run, as numbers to compare and as the file.
+    client = MlflowClient(f"sqlite:///{workdir / 'results/mlflow.db'}")
+    logged = json.loads((workdir / "results/taught/mlflow_logged.json").read_text(encoding="utf-8"))
+    run = client.get_run(logged["run_id"])
+    assert run.data.metrics["reason_diversity.mean_similarity"] == pytest.approx(diversity["mean_similarity"])
+    assert "reason_diversity.json" in {item.path for item in client.list_artifacts(logged["run_id"])}
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:

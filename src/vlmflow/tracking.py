@@ -100,10 +100,22 @@ def start_child_run(
 ) -> str:
     """Create a run nested under the variant's parent, named ``<variant>/<name>``; return its id.
 
-    LLaMA-Factory's MLflow callback then logs training into it through MLFLOW_RUN_ID.
+    LLaMA-Factory's MLflow callback then logs training into it through MLFLOW_RUN_ID. A run of the same
+    name still RUNNING under the same parent belongs to a job that was killed (Snakemake never runs one
+    job twice at once): it is marked KILLED, so the UI does not show it as training forever.
     """
+    run_name = f"{variant}/{name}"
+    leftovers = retry_locked(
+        lambda: client.search_runs(
+            [experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.run_name = '{run_name}' "
+            "and attributes.status = 'RUNNING'",
+        )
+    )
+    for leftover in leftovers:
+        retry_locked(lambda run_id=leftover.info.run_id: client.set_terminated(run_id, "KILLED"))
     tags = {"mlflow.parentRunId": parent_run_id, "variant": variant, **tags}
-    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=f"{variant}/{name}"))
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=run_name))
     return run.info.run_id
 
 

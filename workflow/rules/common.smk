@@ -255,9 +255,11 @@ def reason_variants():
 
 
 def reason_diversity_if_needed(wildcards):
-    """The variant's reason diversity report (reason variants only), e.g. for its MLflow logging."""
+    """The variant's reason diversity report, e.g. for its MLflow logging: a list, empty unless the
+    variant has reasons (a script iterates it; a bare path would be iterated character by character).
+    """
     if VARIANTS[wildcards.variant]["reason"]:
-        return f"results/{wildcards.variant}/reason_diversity.json"
+        return [f"results/{wildcards.variant}/reason_diversity.json"]
     return []
 
 

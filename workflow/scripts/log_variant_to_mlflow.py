@@ -22,6 +22,8 @@ metrics = read_json(snakemake.input.metrics)
 metrics |= numeric_metrics(read_json(snakemake.input.correction_scores), "correction")
 metrics |= numeric_metrics(read_json(snakemake.input.pseudo_report), "pseudo")
 metrics |= numeric_metrics(read_json(snakemake.input.submission_metrics), "submission")
+for path in snakemake.input.reason_diversity:  # reason variants only
+    metrics |= numeric_metrics(read_json(path), "reason_diversity")
 final = {
     name: read_json(path)
     for name, path in zip(snakemake.params.final_models, snakemake.input.final_metrics, strict=True)
