@@ -175,7 +175,6 @@ TAUGHT = {"name": "taught", "ocr": True, "reason": True, "describe": True, "desc
 class DemoRun:
     workdir: Path
     config: dict
-    teacher: ApiServer
     teacher_requests: int  # chat completions the teacher answered during the run
 
 
@@ -193,4 +192,4 @@ def demo_run(tmp_path_factory, llamafactory_api) -> DemoRun:
     config["teacher"] = {"base_url": llamafactory_api.url, "model": "tiny", "api_key_env": KEY_ENV, "max_tokens": 12}
     before = llamafactory_api.completions()
     run_snakemake(workdir, config, "--cores", "2", env={KEY_ENV: KEY})
-    return DemoRun(workdir, config, llamafactory_api, llamafactory_api.completions() - before)
+    return DemoRun(workdir, config, llamafactory_api.completions() - before)
