@@ -45,10 +45,10 @@ def build_demo_model(out_dir: Path, labels) -> Path:
     """The demo's tiny model at the config schema's default size, on the demo's tokenizer corpus."""
     from vlmflow.demo_dataset import demo_vocabulary
     from vlmflow.labels import baseline_prompt, described_prompt
-    from vlmflow.tiny_model import build_tiny_qwen2_vl
+    from vlmflow.tiny_model import build_tiny_model
 
     corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
-    return build_tiny_qwen2_vl(out_dir, corpus, seed=0)
+    return build_tiny_model(out_dir, corpus, seed=0)
 
 
 def seconds(call) -> float:

@@ -127,11 +127,11 @@ def llamafactory_api(tmp_path_factory):
     """`llamafactory-cli api` serving a tiny random-weight Qwen2-VL on 127.0.0.1, behind an API key: the
     teacher of the end-to-end run and of tests/test_teacher.py."""
     from vlmflow.demo_dataset import demo_vocabulary
-    from vlmflow.tiny_model import build_tiny_qwen2_vl
+    from vlmflow.tiny_model import build_tiny_model
 
     folder = tmp_path_factory.mktemp("teacher_server")
     labels = load_labels(REPO / "config" / "labels.yaml")
-    model = build_tiny_qwen2_vl(
+    model = build_tiny_model(
         folder / "model", [baseline_prompt(labels), *demo_vocabulary()], seed=0, text_hidden_size=64, text_layers=2
     )
     settings_file = folder / "api.yaml"

@@ -27,7 +27,9 @@ def test_a_short_config_is_enough():
     config = {}
     validate(config, SCHEMA)
     assert config["data"]["train"] == "resources/demo/train.json"
-    assert config["model"]["name_or_path"] == "resources/demo/tiny-qwen2-vl"
+    assert config["model"]["name_or_path"] is None  # the demo's tiny model of demo.model_family
+    assert config["demo"]["model_family"] == "qwen2_vl"
+    assert (config["train"]["finetuning_type"], config["train"]["lora"]["rank"]) == ("full", 8)
 
 
 def test_schema_describes_every_key():

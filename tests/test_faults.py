@@ -1,6 +1,7 @@
 """Faults the workflow must survive: transient job failures, many MLflow writers on one SQLite store, a killed
 fine-tune, an unreachable tracking server."""
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -90,23 +91,31 @@ def trainer_processes(workdir: Path) -> list[int]:
 FOLD_MODEL = "results/baseline/fold0/model"
 
 
-@pytest.fixture(scope="module")
-def trained_fold(tmp_path_factory):
-    """One fold fine-tuned without interruption, checkpointing every 2 of its 10 steps: the reference."""
-    workdir = tmp_path_factory.mktemp("whole")
+def checkpointing_config(workdir: Path) -> dict:
+    """One variant whose fold checkpoints every 2 of its 10 steps."""
     hyperparameters = {**SMALL_TRAINING, "num_train_epochs": 2, "per_device_train_batch_size": 4}
     hyperparameters.update(save_strategy="steps", save_steps=2, save_total_limit=2, eval_steps=2)
     config = small_demo_config(workdir, variants=[{"name": "baseline"}])
     config["train"]["hyperparameters"] = hyperparameters
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tmp_path_factory):
+    """One fold fine-tuned without interruption, checkpointing every 2 of its 10 steps: the reference."""
+    workdir = tmp_path_factory.mktemp("whole")
+    config = checkpointing_config(workdir)
     run_snakemake(workdir, config, "--cores", "2", FOLD_MODEL)
     return workdir, config
 
 
-@pytest.mark.slow
-def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_fold):
-    whole, config = trained_fold
+def kill_after_first_checkpoint(
+    whole: Path, killed: Path, config: dict, find_trainers=trainer_processes
+) -> tuple[Path, int]:
+    """Fine-tune the fold in ``killed`` on ``whole``'s demo data and model, SIGKILL the processes ``find_trainers``
+    names once its first checkpoint is complete and check that Snakemake fails; return the checkpoint left and
+    its step."""
     target = FOLD_MODEL
-    killed = tmp_path / "killed"
     shutil.copytree(whole / "resources", killed / "resources")  # the same demo data and model
     # No retry: the profile's retry would resume at once; this checks that a later `snakemake` does.
     command, env = snakemake_command(killed, config, "--cores", "2", "--retries", "0", target)
@@ -115,21 +124,34 @@ def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_f
     )
     checkpoints = killed / "results/baseline/fold0/checkpoints"
     first = wait_for(lambda: last_complete_checkpoint(checkpoints), "the first checkpoint", snakemake)
-    trainers = trainer_processes(killed)
+    trainers = find_trainers(killed)
     assert trainers, "the trainer finished before it could be killed"
     for pid in trainers:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a short-lived helper process may have ended
+            os.kill(pid, signal.SIGKILL)
     assert snakemake.wait(timeout=300) != 0
     assert not (killed / target).exists(), "Snakemake removes a failed job's outputs"
     resumed_from = last_complete_checkpoint(checkpoints)
     step = int(resumed_from.name.split("-")[1])
     assert step >= int(first.name.split("-")[1])
+    return resumed_from, step
 
+
+def rerun_resumes(killed: Path, config: dict, resumed_from: Path, step: int) -> None:
+    """Run Snakemake again in ``killed``: the fine-tune resumes from ``resumed_from`` at ``step``."""
+    target = FOLD_MODEL
+    checkpoints = killed / "results/baseline/fold0/checkpoints"
     run_snakemake(killed, config, "--cores", "2", target)
     log = (killed / "logs/train/baseline/fold0.log").read_text(encoding="utf-8")
     assert f"resuming the interrupted training from {resumed_from.relative_to(killed)}" in log
     assert f"global step {step}" in log, "the trainer continued from the checkpoint's step, not from 0"
     assert not checkpoints.exists(), "checkpoints are removed once the model is collected"
+
+
+def assert_continues_as_uninterrupted(whole: Path, killed: Path, step: int) -> None:
+    """The resumed training in ``killed`` ends at the step of the uninterrupted one in ``whole`` and logs the
+    same losses after ``step``."""
+    target = FOLD_MODEL
 
     def history(workdir):
         state = json.loads((workdir / target / "trainer_state.json").read_text(encoding="utf-8"))
@@ -147,9 +169,22 @@ def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_f
     after = {key: value for key, value in resumed.items() if key[0] > step}
     assert after and after.keys() <= reference.keys()
     assert all(abs(value - reference[key]) < 1e-3 for key, value in after.items()), (after, reference)
-    whole_weights = load_file(whole / target / "model.safetensors")
-    resumed_weights = load_file(killed / target / "model.safetensors")
+
+
+def assert_same_weights(whole: Path, killed: Path) -> None:
+    whole_weights = load_file(whole / FOLD_MODEL / "model.safetensors")
+    resumed_weights = load_file(killed / FOLD_MODEL / "model.safetensors")
     assert max((whole_weights[k] - resumed_weights[k]).abs().max().item() for k in whole_weights) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_fold):
+    whole, config = trained_fold
+    killed = tmp_path / "killed"
+    resumed_from, step = kill_after_first_checkpoint(whole, killed, config)
+    rerun_resumes(killed, config, resumed_from, step)
+    assert_continues_as_uninterrupted(whole, killed, step)
+    assert_same_weights(whole, killed)
 
 
 @pytest.mark.slow
@@ -199,3 +234,34 @@ def test_a_killed_snakemake_leaves_no_output_of_its_running_job_and_the_next_run
     assert len(pd.read_parquet(held_out)) == (folds["fold"] == 0).sum()
     assert len(pd.read_parquet(test)) == config["demo"]["n_test"]
     assert not list(workdir.glob("results/**/.partial.*")), "no temporary file is left behind"
+
+
+def trainer_process_trees(workdir: Path) -> list[int]:
+    """The trainer processes of ``trainer_processes`` and all below them: under DeepSpeed, the torchrun launcher
+    and its ranks, which would train on as orphans if only `llamafactory-cli` were killed."""
+    found, level = [], trainer_processes(workdir)
+    while level:
+        found += level
+        children = (subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout for pid in level)
+        level = [int(child) for listed in children for child in listed.split()]
+    return found[::-1]  # the ranks first
+
+
+@pytest.mark.slow
+def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continues_its_global_step(tmp_path):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    whole = tmp_path / "whole"
+    config = checkpointing_config(whole)
+    config["train"] |= {"deepspeed": "z3", "processes": 1}
+    run_snakemake(whole, config, "--cores", "2", FOLD_MODEL)  # the uninterrupted reference
+    killed = tmp_path / "killed"
+    resumed_from, step = kill_after_first_checkpoint(whole, killed, config, trainer_process_trees)
+    assert list(resumed_from.glob("global_step*/*optim_states.pt")), "DeepSpeed saved its own states to resume"
+
+    rerun_resumes(killed, config, resumed_from, step)
+    settings = (killed / "results/baseline/fold0/llamafactory.yaml").read_text(encoding="utf-8")
+    assert "z3.json" in settings and f"resume_from_checkpoint: {resumed_from.relative_to(killed)}" in settings
+    assert_continues_as_uninterrupted(whole, killed, step)
+    Qwen2VLForConditionalGeneration.from_pretrained(killed / FOLD_MODEL)  # the consolidated 16-bit save loads
+    assert_same_weights(whole, killed)

@@ -1,4 +1,5 @@
-"""Label scoring: probabilities over whole label sequences, prefix-shared scoring equal to the naive one."""
+"""Label scoring: probabilities over whole label sequences, prefix-shared scoring equal to the naive one, and
+the token and position layout of LLaMA-Factory's training, for every supported model family."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import torch
 import yaml
 from PIL import Image
 
+from vlmflow.families import FAMILIES, family_of
 from vlmflow.labels import baseline_prompt, label_names, load_labels
 from vlmflow.prompts import PromptVariant, answer_around_label, write_llamafactory_dataset
 from vlmflow.scoring import extract_reason, load_scorer, reason_slot, score_table
-from vlmflow.tiny_model import build_tiny_qwen2_vl
+from vlmflow.tiny_model import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,17 +34,18 @@ def random_image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen2_vl(
-        tmp_path_factory.mktemp("scoring") / "model",
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp(f"scoring-{request.param}") / "model",
         [PROMPT, *NAMES],
+        family=request.param,
         seed=0,
         text_hidden_size=64,
         text_layers=2,
         vision_depth=1,
-        max_pixels=16 * 28 * 28,
-        min_pixels=4 * 28 * 28,
+        max_visual_tokens=16,
+        min_visual_tokens=4,
     )
 
 
@@ -96,26 +99,57 @@ def test_labels_are_tokenized_as_whole_answers(scorer) -> None:
     assert text == f"{REASON_BEFORE}物流页面-物流跟踪页面{REASON_AFTER}<|im_end|>"
 
 
-def test_token_layout_matches_llamafactory_qwen2_vl_template(scorer) -> None:
-    from llamafactory.data import get_template_and_fix_tokenizer
+def llamafactory_training_batch(scorer, image, prompt: str, answer: str, system: str | None) -> dict:
+    """How LLaMA-Factory's training encodes one example: its supervised dataset processor (template and
+    multimodal plugin), then its collator (pixels, M-RoPE position ids from the model's rope index)."""
+    from llamafactory.data.collator import MultiModalDataCollatorForSeq2Seq
+    from llamafactory.data.processor import SupervisedDatasetProcessor
     from llamafactory.hparams import DataArguments
 
-    template = get_template_and_fix_tokenizer(scorer.tokenizer, DataArguments(template="qwen2_vl"))
+    data_args = DataArguments(template=scorer.family.template, cutoff_len=4096)
+    dataset_processor = SupervisedDatasetProcessor(
+        template=scorer.template, tokenizer=scorer.tokenizer, processor=scorer.processor, data_args=data_args
+    )
+    examples = {
+        "_prompt": [[{"role": "user", "content": prompt}]],
+        "_response": [[{"role": "assistant", "content": answer}]],
+        "_system": [system or ""],
+        "_tools": [""],
+        "_images": [[image]],
+        "_videos": [None],
+        "_audios": [None],
+    }
+    encoded = dataset_processor.preprocess_dataset(examples)
+    collator = MultiModalDataCollatorForSeq2Seq(
+        template=scorer.template, model=scorer.model, processor=scorer.processor, tokenizer=scorer.tokenizer
+    )
+    feature = {name: encoded[name][0] for name in ("input_ids", "attention_mask", "labels")}
+    return collator([{**feature, "images": [image], "videos": [], "audios": []}])
+
+
+def test_token_and_position_ids_equal_llamafactory_training_encoding(scorer) -> None:
     image = random_image(1000, 900, 3)  # above LLaMA-Factory's 768 * 768 pre-resize
     label = "物流页面-物流跟踪页面"
     for system in (None, "你是电商识图助手。"):
-        messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REASON_BEFORE + label}]
-        messages = template.mm_plugin.process_messages(messages, [image], [], [], scorer.processor)
-        prompt_ids, answer_ids = template.encode_oneturn(scorer.tokenizer, messages, system)
-        ours = scorer.encode_prompt(image, PROMPT, system)
-        assert ours["input_ids"][0].tolist() == prompt_ids
-        # LLaMA-Factory's answer ends "<|im_end|>\n"; scoring stops at <|im_end|>.
-        assert scorer.answer_ids([label], REASON_BEFORE)[0] == answer_ids[:-1]
-        theirs = template.mm_plugin.get_mm_inputs([image], [], [], [1], [0], [0], [prompt_ids], scorer.processor)
-        assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+        batch = llamafactory_training_batch(scorer, image, PROMPT, REASON_BEFORE + label + REASON_AFTER, system)
+        answer = scorer.answer_ids([label], REASON_BEFORE, REASON_AFTER)[0]
+        prefix = scorer.encode_prompt(image, PROMPT, system)
+        whole = scorer.encode_prompt(image, PROMPT, system, answer)
+        length = whole["input_ids"].shape[1]
+        # The training sequence is the scored one plus the template's separator after the end of turn.
+        assert whole["input_ids"][0].tolist() == batch["input_ids"][0, :length].tolist()
+        trained_answer = batch["labels"][0][batch["labels"][0] != -100].tolist()
+        assert trained_answer[: len(answer)] == answer
+        assert torch.equal(whole["pixel_values"], batch["pixel_values"])
+        assert torch.equal(whole["image_grid_thw"], batch["image_grid_thw"])
+        # The scorer's positions: the prefix's from the rope index, then the shared-cache continuation's.
+        prefix_positions = scorer.positions(prefix)
+        continuation = scorer.continuation_positions(prefix_positions, 1, len(answer))
+        ours = torch.cat([prefix_positions, continuation], dim=-1)
+        assert torch.equal(ours[:, 0], batch["position_ids"][-3:, 0, :length])
     # Skipping LLaMA-Factory's pre-resize changes the pixels: the comparison above can fail.
     unresized = scorer.processor.image_processor([image.convert("RGB")], return_tensors="pt")["pixel_values"]
-    assert not torch.equal(unresized, theirs["pixel_values"])
+    assert unresized.shape != batch["pixel_values"].shape or not torch.equal(unresized, batch["pixel_values"])
 
 
 @pytest.mark.slow
@@ -138,7 +172,7 @@ def test_label_trained_through_llamafactory_scores_top_on_its_image(model_dir: P
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "full",
-        "template": "qwen2_vl",
+        "template": family_of(model_dir).template,
         "freeze_vision_tower": False,
         "freeze_multi_modal_projector": False,
         "dataset": "overfit",

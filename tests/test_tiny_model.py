@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from vlmflow.tiny_model import build_tiny_qwen2_vl
+from vlmflow.tiny_model import build_tiny_model
 
 # Nothing may come from a hub: the model is built here. Set before transformers is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +36,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny") / "model", CORPUS, seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", CORPUS, seed=0)
 
 
 def random_image(path: Path | None = None, *, width: int = 64, height: int = 112, seed: int = 0) -> Image.Image:
@@ -94,7 +94,7 @@ def test_tokenizer_round_trips_chinese_labels_in_few_tokens(tiny_model_dir: Path
 
 def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     first, again, other = (
-        load_file(build_tiny_qwen2_vl(tmp_path / name, CORPUS, seed=seed) / "model.safetensors")
+        load_file(build_tiny_model(tmp_path / name, CORPUS, seed=seed) / "model.safetensors")
         for name, seed in [("first", 0), ("again", 0), ("other", 1)]
     )
     assert first.keys() == again.keys()
@@ -106,7 +106,7 @@ def test_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 def test_build_refuses_an_empty_corpus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="corpus is empty"):
-        build_tiny_qwen2_vl(tmp_path / "model", [])
+        build_tiny_model(tmp_path / "model", [])
 
 
 @pytest.mark.slow

@@ -137,17 +137,17 @@ def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:
     """The demo's model builder at the requested size, on the demo's tokenizer corpus."""
     from vlmflow.demo_dataset import demo_vocabulary
     from vlmflow.labels import baseline_prompt, described_prompt
-    from vlmflow.tiny_model import build_tiny_qwen2_vl
+    from vlmflow.tiny_model import build_tiny_model
 
     corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
-    return build_tiny_qwen2_vl(
+    return build_tiny_model(
         out_dir,
         corpus,
         seed=0,
         text_hidden_size=args.hidden_size,
         text_layers=args.layers,
         vision_depth=args.vision_depth,
-        max_pixels=args.max_pixels,
+        max_visual_tokens=args.max_pixels // (28 * 28),
     )
 
 
@@ -200,6 +200,7 @@ def train_once(number: int, spec: str, prompts, model_dir: Path, workdir: Path, 
         dataset="benchmark_train",
         workdir=run_dir,
         model=str(model_dir),
+        fine_tuning={"template": "qwen2_vl", "finetuning_type": "full"},
         hyperparameters=hyperparameters,
         deepspeed_config=None if stage == "none" else DEEPSPEED_CONFIGS / f"{stage}.json",
         processes=args.gpus,

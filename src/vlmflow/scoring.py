@@ -1,10 +1,13 @@
-"""Label probabilities from a fine-tuned Qwen2-VL: every candidate label scored whole, the image encoded once.
+"""Label probabilities from a fine-tuned vision-language model: every candidate label scored whole, the image
+encoded once.
 
 A label's score is the summed log-probability of its whole answer token sequence, end-of-turn included,
-in exactly the token layout LLaMA-Factory's ``qwen2_vl`` template trained on; a softmax over the labels
-turns the scores into probabilities. Labels share prefixes (物流页面-…, 退款/退货/换货), so the first token
-alone would not tell them apart. The prompt and image run through the model once; all labels then run
-as one right-padded batch on top of the prompt's KV cache.
+in exactly the token layout LLaMA-Factory trained on: prompt and answer are encoded by the family's
+LLaMA-Factory template and its multimodal plugin (image resizing and visual-token expansion), and M-RoPE
+positions come from the model's own ``get_rope_index``, as in LLaMA-Factory's collator. A softmax over
+the labels turns the scores into probabilities. Labels share prefixes (物流页面-…, 退款/退货/换货), so the
+first token alone would not tell them apart. The prompt and image run through the model once; all labels
+then run as one right-padded batch on top of the prompt's KV cache.
 """
 
 from __future__ import annotations
@@ -22,55 +25,24 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from vlmflow.families import ModelFamily, family_of
 from vlmflow.prompts import PromptVariant, answer_around_label
 
 log = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<image>"
-VISION_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"  # the processor expands the pad per visual token
-DEFAULT_SYSTEM = "You are a helpful assistant."  # LLaMA-Factory's qwen2_vl default_system
-END_OF_TURN = "<|im_end|>"
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA fine-tune saves only its adapter, beside this file
 
 ImageInput = Image.Image | str | Path
 
 
-def load_image(image: ImageInput, max_pixels: int, min_pixels: int) -> Image.Image:
-    """Open and resize an image as LLaMA-Factory's Qwen2-VL plugin does before the image processor.
-
-    The plugin shrinks images to ``image_max_pixels`` (default 768 * 768) first; without the same step a
-    large image would reach the model at a different resolution than in training.
-    """
-    if not isinstance(image, Image.Image):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"image {image} does not exist")
-        image = Image.open(image)
-    for limit, applies in (
-        (max_pixels, image.width * image.height > max_pixels),
-        (min_pixels, image.width * image.height < min_pixels),
-    ):
-        if applies:
-            factor = (limit / (image.width * image.height)) ** 0.5
-            image = image.resize((int(image.width * factor), int(image.height * factor)))
-    image = image.convert("RGB") if image.mode != "RGB" else image
-    if min(image.width, image.height) < 28:
-        image = image.resize((max(image.width, 28), max(image.height, 28)))
-    if image.width / image.height > 200:
-        image = image.resize((image.height * 180, image.height))
-    if image.height / image.width > 200:
-        image = image.resize((image.width, image.width * 180))
-    return image
-
-
-def prompt_text(prompt: str, system: str | None = None) -> str:
-    """The ChatML text of LLaMA-Factory's qwen2_vl template up to the assistant's answer."""
-    if prompt.count(IMAGE_PLACEHOLDER) != 1:
-        raise ValueError(f"a prompt needs exactly one {IMAGE_PLACEHOLDER} placeholder: {prompt[:80]!r}")
-    user = prompt.replace(IMAGE_PLACEHOLDER, VISION_SLOT)
-    # The template falls back to its default system prompt for None and for "" alike.
-    return (
-        f"<|im_start|>system\n{system or DEFAULT_SYSTEM}<|im_end|>\n"
-        f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    )
+def open_image(image: ImageInput) -> Image.Image:
+    """The image itself; a missing file is named."""
+    if isinstance(image, Image.Image):
+        return image
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"image {image} does not exist")
+    return Image.open(image)
 
 
 def _shared_length(sequences: list[list[int]]) -> int:
@@ -89,43 +61,85 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Scorer:
-    """A Qwen2-VL in eval mode with its processor; images are resized as LLaMA-Factory's training did."""
+    """A model in eval mode with its processor and LLaMA-Factory template; images are resized by the
+    template's plugin from ``processor.image_max_pixels``/``image_min_pixels``, as in training."""
 
     model: torch.nn.Module
     processor: object
     tokenizer: object
-    end_of_turn_id: int
-    image_max_pixels: int = 768 * 768
-    image_min_pixels: int = 32 * 32
+    template: object  # llamafactory.data.template.Template
+    family: ModelFamily
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.eos_token_id  # the template's stop word, <|im_end|> (replace_eos)
+
+    def prompt_ids(self, image: Image.Image, prompt: str, system: str | None = None) -> list[int]:
+        """The template's tokens up to the answer, the image placeholder expanded to its visual tokens."""
+        if prompt.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"a prompt needs exactly one {IMAGE_PLACEHOLDER} placeholder: {prompt[:80]!r}")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+        messages = self.template.mm_plugin.process_messages(messages, [image], [], [], self.processor)
+        ids, _ = self.template.encode_oneturn(self.tokenizer, messages, system)
+        return ids
+
     def encode_prompt(
         self, image: ImageInput, prompt: str, system: str | None = None, extra_ids: list[int] | None = None
     ) -> dict:
-        """Processor inputs (ids, image, ``mm_token_type_ids``) with ``extra_ids`` appended as text."""
-        image = load_image(image, self.image_max_pixels, self.image_min_pixels)
-        inputs = self.processor(text=[prompt_text(prompt, system)], images=[image], return_tensors="pt")
-        if extra_ids:
-            extra = torch.tensor([list(extra_ids)])
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
-            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
-            # Appended answer tokens are text (type 0): M-RoPE gives them 1-D positions after the image.
-            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra)], dim=1)
+        """Model inputs (ids, pixels, grid, ``mm_token_type_ids``) with ``extra_ids`` appended as text."""
+        image = open_image(image)
+        ids = self.prompt_ids(image, prompt, system) + list(extra_ids or [])
+        mm_inputs = self.template.mm_plugin.get_mm_inputs([image], [], [], [1], [0], [0], [ids], self.processor)
+        input_ids = torch.tensor([ids])
+        # Image tokens are type 1, text 0, as LLaMA-Factory's collator marks them for M-RoPE.
+        mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": mm_token_type_ids,
+            **{name: value for name, value in mm_inputs.items() if isinstance(value, torch.Tensor)},
+        }
         return {name: value.to(self.device) for name, value in inputs.items()}
 
     def answer_ids(self, labels: list[str], answer_before: str = "", answer_after: str = "") -> list[list[int]]:
-        """Each label's answer tokens through <|im_end|>, tokenized as one string as LLaMA-Factory does.
+        """Each label's answer tokens through the end of turn, as the template encodes the answer in training.
 
         Tokenizing the whole answer matters: the pre-tokenizer can glue the opening quote of the label slot
         to the label's first characters, so before and label tokenized apart would differ from training.
+        The template's separator after the end of turn is the same for every label and is not scored.
         """
         if len(set(labels)) != len(labels) or not labels:
             raise ValueError(f"labels must be distinct and non-empty: {labels}")
-        texts = [f"{answer_before}{label}{answer_after}{END_OF_TURN}" for label in labels]
-        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        answers = []
+        for label in labels:
+            messages = [
+                {"role": "user", "content": ""},
+                {"role": "assistant", "content": answer_before + label + answer_after},
+            ]
+            _, ids = self.template.encode_oneturn(self.tokenizer, messages)
+            answers.append(ids[: ids.index(self.end_of_turn_id) + 1])
+        return answers
+
+    def positions(self, inputs: dict) -> torch.Tensor:
+        """M-RoPE position ids (3, batch, length) of encoded inputs, from the model's own rope index."""
+        positions, _ = self.model.model.get_rope_index(
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+        )
+        return positions
+
+    @staticmethod
+    def continuation_positions(prefix_positions: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+        """Positions (3, batch, width) of text tokens appended to an encoded prefix: after the image, text
+        positions run on from the prefix's largest position, equal on all three M-RoPE axes."""
+        start = prefix_positions.max() + 1
+        return (start + torch.arange(width, device=prefix_positions.device)).expand(3, batch, width)
 
     @torch.inference_mode()
     def score_labels(
@@ -143,9 +157,7 @@ class Scorer:
         shared = _shared_length(answers)
         inputs = self.encode_prompt(image, prompt, system, answers[0][:shared])
         # Explicit M-RoPE positions: the model's own path keeps rope_deltas as state between calls.
-        positions, _ = self.model.model.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
-        )
+        positions = self.positions(inputs)
         prefix = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
         first_logprobs = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
 
@@ -157,9 +169,7 @@ class Scorer:
             ids[row, : len(tokens)] = torch.tensor(tokens, device=self.device)
         valid = torch.arange(width, device=self.device)[None] < lengths[:, None]
         mask = torch.cat([torch.ones(batch, prefix_length, dtype=torch.long, device=self.device), valid.long()], 1)
-        # After the image, text positions run on from the prefix's largest position (all three M-RoPE axes).
-        start = positions.max() + 1
-        continuation_positions = (start + torch.arange(width, device=self.device)).expand(3, batch, width)
+        continuation_positions = self.continuation_positions(positions, batch, width)
         cache = copy.deepcopy(prefix.past_key_values)  # the copy is widened; the prefix's cache stays intact
         cache.batch_repeat_interleave(batch)
         logits = self.model(
@@ -225,30 +235,53 @@ class Scorer:
         return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A saved model, or a LoRA adapter merged into its base model (``adapter_config.json`` names it)."""
+    from transformers import AutoModelForImageTextToText
+
+    model_dir = Path(model_dir)
+    if not (model_dir / ADAPTER_CONFIG).is_file():
+        return AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+    from peft import PeftModel
+
+    base = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+    # Merged once at load: scoring then runs at the base model's speed, with no adapter layers in the way.
+    return PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+
+
 def load_scorer(
     model_dir: str | Path,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     num_threads: int | None = None,
-    image_max_pixels: int = 768 * 768,
-    image_min_pixels: int = 32 * 32,
+    image_max_pixels: int | None = None,
+    image_min_pixels: int | None = None,
 ) -> Scorer:
-    """Load model, processor and tokenizer; float32 on the CPU and bfloat16 elsewhere unless ``dtype``.
+    """Load model, processor and the family's LLaMA-Factory template; float32 on the CPU and bfloat16
+    elsewhere unless ``dtype``. The pixel limits are the training's (``None``: LLaMA-Factory's defaults).
 
     ``device="auto"`` takes the GPU when there is one.
     """
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import AutoProcessor
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if num_threads:
         torch.set_num_threads(num_threads)
     dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    family = family_of(model_dir)
+    model = load_model(model_dir, dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
+    # The attributes LLaMA-Factory's loader sets on the processor, which its plugin resizes images by.
+    defaults = ModelArguments.__dataclass_fields__
+    processor.image_max_pixels = image_max_pixels or defaults["image_max_pixels"].default
+    processor.image_min_pixels = image_min_pixels or defaults["image_min_pixels"].default
     tokenizer = processor.tokenizer
-    end_of_turn_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    return Scorer(model, processor, tokenizer, end_of_turn_id, image_max_pixels, image_min_pixels)
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=family.template))
+    return Scorer(model, processor, tokenizer, template, family)
 
 
 def reason_slot(variant: PromptVariant) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""One fold's full fine-tune through LLaMA-Factory's own CLI, on a YAML this module writes.
+"""One fold's fine-tune (full, freeze or LoRA) through LLaMA-Factory's own CLI, on a YAML this module writes.
 
 Model selection (``val_size``, ``eval_steps``, ``load_best_model_at_end``) happens inside LLaMA-Factory
 on a split of the dataset it is given, and it is given only the fold's training part, so the
@@ -7,6 +7,11 @@ held-out fold never influences which checkpoint is kept and the out-of-fold pred
 Checkpoints go to ``<workdir>/checkpoints``, which no rule declares: Snakemake deletes a failed job's
 outputs, and a killed fine-tune must find its checkpoints on the rerun to resume from them. The
 finished model is then moved into ``<workdir>/model`` (the rule's output) and the checkpoints removed.
+
+With ``load_best_model_at_end`` the model kept is the best checkpoint's, taken from that checkpoint's
+saved weights: transformers 5.x saves Qwen-VL weights under their original names and its trainer's reload
+of the best checkpoint (a non-strict ``load_state_dict``) then matches none of them and silently keeps the
+last step's weights.
 """
 
 from __future__ import annotations
@@ -29,8 +34,22 @@ from vlmflow.prompts import write_llamafactory_dataset
 
 log = logging.getLogger(__name__)
 
-# The trainer's words when a checkpoint's keys do not match the model: nothing was loaded.
-BEST_MODEL_NOT_LOADED = "There were unexpected keys in the checkpoint model loaded"
+# What a trainer's output folder holds as weights: a full (or freeze) model, or a LoRA adapter.
+WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+# LLaMA-Factory's argument names of each fine-tuning method's settings (config train.freeze, train.lora).
+METHOD_ARGUMENTS = {
+    "full": {},
+    "freeze": {"trainable_layers": "freeze_trainable_layers", "trainable_modules": "freeze_trainable_modules"},
+    "lora": {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "target": "lora_target"},
+}
+
+
+def method_settings(finetuning_type: str, method: dict) -> dict:
+    """LLaMA-Factory's keys for a fine-tuning method and its settings (``train.freeze``, ``train.lora``)."""
+    if finetuning_type not in METHOD_ARGUMENTS:
+        raise ValueError(f"finetuning_type {finetuning_type!r}: expected one of {', '.join(METHOD_ARGUMENTS)}")
+    names = METHOD_ARGUMENTS[finetuning_type]
+    return {"finetuning_type": finetuning_type, **{names[key]: value for key, value in method.items() if key in names}}
 
 
 def llamafactory_config(
@@ -39,18 +58,21 @@ def llamafactory_config(
     dataset_dir: str | Path,
     dataset: str,
     output_dir: str | Path,
+    fine_tuning: dict,
     hyperparameters: dict,
     deepspeed_config: str | Path | None,
     report_to_mlflow: bool,
     seed: int,
 ) -> dict:
-    """The training YAML: fixed keys for this workflow's data and layout, then the configured hyper-parameters."""
+    """The training YAML: fixed keys for this workflow's data and layout, the family's template and the
+    fine-tuning method (``fine_tuning``: template, finetuning_type, method settings), then the configured
+    hyper-parameters."""
     settings = {
         "model_name_or_path": str(model),
         "stage": "sft",
         "do_train": True,
-        "finetuning_type": "full",
-        "template": "qwen2_vl",
+        **method_settings(fine_tuning["finetuning_type"], fine_tuning.get("method", {})),
+        "template": fine_tuning["template"],
         "dataset_dir": str(dataset_dir),
         "dataset": dataset,
         "output_dir": str(output_dir),
@@ -99,9 +121,10 @@ def resume_settings(settings: dict, dataset_dir: str | Path) -> dict:
     """``settings`` plus what resumes from the last checkpoint in ``output_dir``, if an interrupted run of
     the same training left one; checkpoints of any other training are removed first.
 
-    Without DeepSpeed the weights are loaded from the checkpoint as the base model: transformers 5.6
-    renames Qwen2-VL's keys on save and the trainer's own resume load then matches none of them, which
-    would silently continue from the base weights. DeepSpeed restores its own model states.
+    Without DeepSpeed a full or freeze fine-tune's weights are loaded from the checkpoint as the base
+    model: transformers 5.x saves Qwen-VL keys under their original names and the trainer's own resume
+    load then matches none of them, which would silently continue from the base weights. DeepSpeed restores
+    its own model states, and a LoRA checkpoint holds only the adapter, which PEFT reloads by its names.
     """
     checkpoints = Path(settings["output_dir"])
     fingerprint = training_fingerprint(settings, dataset_dir)
@@ -111,7 +134,7 @@ def resume_settings(settings: dict, dataset_dir: str | Path) -> dict:
         log.info("resuming the interrupted training from %s", last)
         # overwrite_output_dir false: LLaMA-Factory then appends to the trainer log instead of deleting it.
         resumed = {**settings, "resume_from_checkpoint": str(last), "overwrite_output_dir": False}
-        if "deepspeed" not in settings:
+        if "deepspeed" not in settings and settings["finetuning_type"] != "lora":
             resumed["model_name_or_path"] = str(last)
         return resumed
     if checkpoints.exists():
@@ -129,9 +152,37 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
 
 
-def collect_trained_model(checkpoints: str | Path, model_dir: str | Path) -> None:
-    """Move the finished model out of the checkpoints folder into the rule's output, then drop the checkpoints."""
+def best_checkpoint(checkpoints: Path) -> Path | None:
+    """The checkpoint the trainer found best (its final ``trainer_state.json``), when it selected one."""
+    state = checkpoints / "trainer_state.json"
+    best = json.loads(state.read_text(encoding="utf-8")).get("best_model_checkpoint") if state.is_file() else None
+    if best is None:
+        return None
+    # The state names it as the trainer saw it; it lies in this folder (the run may have been resumed).
+    return checkpoints / Path(best).name
+
+
+def take_best_weights(checkpoints: Path) -> None:
+    """Replace the saved final weights by the best checkpoint's (see the module docstring), if selection ran."""
+    best = best_checkpoint(checkpoints)
+    if best is None:
+        return
+    weights = [path for pattern in WEIGHT_PATTERNS for path in best.glob(pattern)]
+    if not weights:
+        raise FileNotFoundError(f"{best}: the best checkpoint has no saved weights to keep")
+    for path in [path for pattern in WEIGHT_PATTERNS for path in checkpoints.glob(pattern)]:
+        path.unlink()
+    for path in weights:
+        shutil.copy2(path, checkpoints / path.name)
+    log.info("kept the best checkpoint's weights: %s", best.name)
+
+
+def collect_trained_model(checkpoints: str | Path, model_dir: str | Path, keep_best: bool = False) -> None:
+    """Move the finished model (with ``keep_best``, the best checkpoint's weights) out of the checkpoints
+    folder into the rule's output, then drop the checkpoints."""
     checkpoints, model_dir = Path(checkpoints), Path(model_dir)
+    if keep_best:
+        take_best_weights(checkpoints)
     model_dir.mkdir(parents=True, exist_ok=True)
     for path in checkpoints.iterdir():
         if not path.name.startswith("checkpoint-") and path.name != "fingerprint.txt":
@@ -158,12 +209,6 @@ def run_llamafactory(command: list[str], extra_env: dict, log_path: str | Path) 
     with open(log_path, "a", encoding="utf-8") as log_file:
         completed = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     output = Path(log_path).read_text(encoding="utf-8", errors="replace")
-    if BEST_MODEL_NOT_LOADED in output:
-        log.warning(
-            "The trainer could not load a saved checkpoint's weights by name (transformers 5.6 renames "
-            "Qwen2-VL's keys on save, without DeepSpeed): with load_best_model_at_end the saved model is the "
-            "last step's, not the best. A resumed run is unaffected: its weights come from the checkpoint."
-        )
     if completed.returncode != 0:
         tail = output.splitlines()[-30:]
         raise RuntimeError(
@@ -177,6 +222,7 @@ def train_model(
     dataset: str,
     workdir: str | Path,
     model: str,
+    fine_tuning: dict,
     hyperparameters: dict,
     deepspeed_config: str | Path | None,
     processes: int,
@@ -194,10 +240,12 @@ def train_model(
     """
     workdir = Path(workdir)
     settings = llamafactory_config(
-        model=model,
+        # A local base model by its absolute path: a LoRA adapter records it to be loaded from anywhere.
+        model=str(Path(model).resolve()) if Path(model).is_dir() else model,
         dataset_dir=workdir / "dataset",
         dataset=dataset,
         output_dir=workdir / "checkpoints",
+        fine_tuning=fine_tuning,
         hyperparameters=hyperparameters,
         deepspeed_config=deepspeed_config,
         report_to_mlflow="MLFLOW_RUN_ID" in (extra_env or {}),
@@ -211,7 +259,7 @@ def train_model(
     # 10x slower on a shared 2-core machine.
     env["OMP_NUM_THREADS"] = str(threads)
     run_llamafactory(command, {**env, **(extra_env or {})}, log_path)
-    collect_trained_model(workdir / "checkpoints", workdir / "model")
+    collect_trained_model(workdir / "checkpoints", workdir / "model", settings.get("load_best_model_at_end", False))
     return config_path
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 # common.smk imports the library straight from src/; jobs import the installed one (`make install`).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from vlmflow.families import base_model as resolve_base_model
+from vlmflow.families import FAMILIES, demo_family
 from vlmflow.labels import load_labels
 from vlmflow.offline import unreachable_notice
 from vlmflow.stages import (
@@ -16,7 +18,10 @@ from vlmflow.stages import (
 )
 
 SPLITS = ["train", "test"]
-DEMO_MODEL_DIR = "resources/demo/tiny-qwen2-vl"
+# The base model and its family (template, loader, vision modules): an unsupported one fails here, at start.
+BASE_MODEL, MODEL_FAMILY = resolve_base_model(
+    config["model"]["name_or_path"], config["demo"]["model_family"]
+)
 DEEPSPEED_DIR = Path(workflow.basedir) / "config" / "deepspeed"
 VARIANTS = {variant["name"]: variant for variant in config["variants"]}
 FOLDS = list(range(config["train"]["folds"]))
@@ -51,6 +56,10 @@ wildcard_constraints:
     stages="none|correction|pseudo|correction_pseudo",
     round=r"\d+",
     final_model=r"final|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
+    demo_model="|".join(
+        family.demo_model_dir.removeprefix("resources/demo/tiny-")
+        for family in FAMILIES.values()
+    ),
 
 
 def data_file(wildcards):
@@ -60,13 +69,36 @@ def data_file(wildcards):
 
 def base_model():
     """The base model as a file input when the workflow builds it (the demo); a hub id is no input."""
-    path = config["model"]["name_or_path"]
-    return [path] if path == DEMO_MODEL_DIR else []
+    return [BASE_MODEL] if demo_family(BASE_MODEL) else []
 
 
 def base_model_name(wildcards, input):
     """What LLaMA-Factory loads: the built demo model's folder, or the configured hub id or path."""
-    return input.base_model or config["model"]["name_or_path"]
+    return input.base_model[0] if input.base_model else BASE_MODEL
+
+
+def image_pixel_limits():
+    """The training's image pixel limits, which scoring resizes by too (None: LLaMA-Factory's defaults)."""
+    hyperparameters = config["train"]["hyperparameters"]
+    return {
+        name: hyperparameters.get(name)
+        for name in ("image_max_pixels", "image_min_pixels")
+    }
+
+
+def demo_model_family(wildcards):
+    """The family of the demo model folder being built (resources/demo/tiny-<family>)."""
+    return demo_family(f"resources/demo/tiny-{wildcards.demo_model}").model_type
+
+
+def fine_tuning(wildcards):
+    """How every fine-tune trains: the family's LLaMA-Factory template and the fine-tuning method."""
+    method = config["train"]["finetuning_type"]
+    return {
+        "template": MODEL_FAMILY.template,
+        "finetuning_type": method,
+        "method": config["train"].get(method, {}),
+    }
 
 
 def variant_settings(wildcards):

@@ -1,5 +1,6 @@
-# The embedded demo world: a generated MIRE-format dataset and a tiny random-weight Qwen2-VL,
-# both from config["demo"]. They are built only when data.* and model.* point at them.
+# The embedded demo world: a generated MIRE-format dataset and a tiny random-weight model of a real
+# family (resources/demo/tiny-<family>), both from config["demo"]. They are built only when data.* and
+# model.* point at them.
 
 
 rule make_demo_dataset:
@@ -26,15 +27,17 @@ rule build_tiny_model:
     input:
         labels=config["labels"],
     output:
-        model=directory(DEMO_MODEL_DIR),
+        model=directory("resources/demo/tiny-{demo_model}"),
     log:
-        "logs/demo/build_tiny_model.log",
+        "logs/demo/build_tiny_model/{demo_model}.log",
     benchmark:
-        "benchmarks/demo/build_tiny_model.tsv"
+        "benchmarks/demo/build_tiny_model/{demo_model}.tsv"
     conda:
         "../../envs/core.yaml"
     params:
-        demo=config["demo"],
+        seed=config["demo"]["seed"],
+        size=config["demo"]["model"],
+        family=demo_model_family,
     script:
         "../scripts/build_tiny_model.py"
 

@@ -104,6 +104,7 @@ rule score_final_model:
         variant=variant_settings,
         device=config["score"]["device"],
         max_new_tokens=config["score"]["max_new_tokens"],
+        image_pixels=image_pixel_limits(),
     script:
         "../scripts/score_final_model.py"
 

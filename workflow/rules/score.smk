@@ -24,5 +24,6 @@ rule score_fold:
         variant=variant_settings,
         device=config["score"]["device"],
         max_new_tokens=config["score"]["max_new_tokens"],
+        image_pixels=image_pixel_limits(),
     script:
         "../scripts/score_fold.py"

@@ -59,6 +59,7 @@ rule train_fold:
         gpu=config["train"]["gpus_per_run"],
     params:
         model=base_model_name,
+        fine_tuning=fine_tuning,
         hyperparameters=config["train"]["hyperparameters"],
         processes=training_processes(),
         seed=config["train"]["seed"],

@@ -1,24 +1,25 @@
-"""Build the demo's tiny random-weight Qwen2-VL, its tokenizer trained on the demo's own text."""
+"""Build the demo's tiny random-weight model of one family, its tokenizer trained on the demo's own text."""
 
 from vlmflow.demo_dataset import demo_vocabulary
 from vlmflow.labels import baseline_prompt, described_prompt, load_labels
 from vlmflow.logfile import log_to
 from vlmflow.outputs import staged
-from vlmflow.tiny_model import build_tiny_qwen2_vl
+from vlmflow.tiny_model import build_tiny_model
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 labels = load_labels(snakemake.input.labels)
 corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
-size = snakemake.params.demo["model"]
-build_tiny_qwen2_vl(
+size = snakemake.params.size
+build_tiny_model(
     output.model,
     corpus,
-    seed=snakemake.params.demo["seed"],
+    family=snakemake.params.family,
+    seed=snakemake.params.seed,
     text_hidden_size=size["text_hidden_size"],
     text_layers=size["text_layers"],
     vision_depth=size["vision_depth"],
     vocab_size=size["vocab_size"],
-    max_pixels=size["max_pixels"],
+    max_visual_tokens=size["max_visual_tokens"],
 )
 output.commit()

@@ -13,7 +13,12 @@ log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 prompts = pd.read_parquet(snakemake.input.prompts)
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
-    scorer = load_scorer(snakemake.input.model, device=snakemake.params.device, num_threads=snakemake.threads)
+    scorer = load_scorer(
+        snakemake.input.model,
+        device=snakemake.params.device,
+        num_threads=snakemake.threads,
+        **snakemake.params.image_pixels,  # the training's resize limits
+    )
     score_table(
         scorer,
         prompts[prompts["split"] == "test"],

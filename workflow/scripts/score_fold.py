@@ -18,7 +18,12 @@ variant = PromptVariant.from_config(snakemake.params.variant)
 held_out = held_out_part(prompts, folds, int(snakemake.wildcards.fold))
 score = dict(labels=labels, variant=variant, reason_max_new_tokens=snakemake.params.max_new_tokens)
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
-    scorer = load_scorer(snakemake.input.model, device=snakemake.params.device, num_threads=snakemake.threads)
+    scorer = load_scorer(
+        snakemake.input.model,
+        device=snakemake.params.device,
+        num_threads=snakemake.threads,
+        **snakemake.params.image_pixels,  # the training's resize limits
+    )
     score_table(scorer, held_out, **score).to_parquet(output.out_of_fold, index=False)
     score_table(scorer, prompts[prompts["split"] == "test"], **score).to_parquet(output.test, index=False)
 output.commit()

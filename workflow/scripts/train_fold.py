@@ -25,6 +25,7 @@ with lease_gpus(snakemake.resources.gpu):
         log_path=snakemake.log[0],
         threads=snakemake.threads,
         model=snakemake.params.model,
+        fine_tuning=snakemake.params.fine_tuning,
         hyperparameters=snakemake.params.hyperparameters,
         processes=snakemake.params.processes,
         seed=snakemake.params.seed,
