@@ -58,6 +58,34 @@ def test_a_hub_id_not_in_the_cache_fails_offline_saying_what_to_do(tmp_path, mon
         model_config("Qwen/Qwen2.5-VL-7B-Instruct")
 
 
+def cache_hub_config(cache, repo_id: str, model_type: str) -> None:
+    """A Hugging Face cache holding only ``repo_id``'s config.json, as `hf download` leaves it."""
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    write_config(folder / "snapshots" / ("0" * 40), model_type)
+
+
+def test_a_cached_hub_id_is_known_offline_and_a_dry_run_plans_with_its_template(tmp_path):
+    cache = tmp_path / "hub"
+    cache_hub_config(cache, "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl")
+    config = small_demo_config(tmp_path, model={"name_or_path": "Qwen/Qwen3-VL-8B-Instruct"})
+    result = run_snakemake(
+        tmp_path, config, "-n", "-p", "results/baseline/fold0/model", env={"HF_HUB_CACHE": str(cache)}
+    )
+    assert "rule train_fold" in result.stdout and "build_tiny_model" not in result.stdout
+
+
+def test_a_cached_hub_id_is_known_by_its_config(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    cache_hub_config(tmp_path, "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    family = family_of("Qwen/Qwen2.5-VL-7B-Instruct")
+    assert (family.model_type, family.template) == ("qwen2_5_vl", "qwen2_vl")
+
+
 def test_the_demo_model_family_is_known_before_it_is_built():
     for model_type, family in FAMILIES.items():
         assert base_model(None, model_type) == (family.demo_model_dir, family)
