@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-teacher report screenshots test lint dry-run bench clean
+.PHONY: install demo demo-teacher report screenshots test test-fast lint dry-run bench clean
 
 install: $(STAMP)
 
@@ -48,7 +48,7 @@ report: install
 # Headless Chromium's view of the report and the MLflow UI of the finished run (Debian's chromium and
 # chromium-driver; scripts/install_system_packages.sh installs them as root).
 screenshots: report
-	$(BIN)/python -m vlmflow.screenshots results
+	PYTHONPATH=tests $(BIN)/python -m helpers.screenshots results
 
 # The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
 # the run (reason and describe-then-classify variants), and stops with it. See docs/teacher.md.
@@ -62,6 +62,10 @@ demo-teacher: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The daily loop: library units and rule-level runs, no fine-tune or whole-workflow run (a few minutes).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # Costs of the last `make demo` and of the workflow's machinery; see docs/benchmarks.md.
 bench: install

@@ -36,7 +36,7 @@ rule all:
         all_targets(),
 
 
-# An MLflow server that could not be reached is said last, where it is seen (vlmflow.offline).
+# An MLflow server that could not be reached is said last, where it is seen (vlmflow.tracking.offline).
 onsuccess:
     tell_if_mlflow_was_offline()
 

@@ -64,8 +64,8 @@ class CountingEngine:
 
 
 def ocr_figures(config: dict) -> dict:
-    from vlmflow.ingest import read_split_tables
-    from vlmflow.ocr import OcrCache, make_ocr_engine, ocr_images
+    from vlmflow.data.ingest import read_split_tables
+    from vlmflow.data.ocr import OcrCache, make_ocr_engine, ocr_images
 
     table = pd.read_parquet(REPO / "results/ocr/ocr.parquet")
     ocr_seconds = sum(float(pd.read_csv(p, sep="\t").iloc[-1]["s"]) for p in (REPO / "benchmarks/ocr").glob("*.tsv"))

@@ -43,9 +43,9 @@ def render_images(count: int, width: int, height: int, seed: int) -> list[Image.
 
 def build_demo_model(out_dir: Path, labels) -> Path:
     """The demo's tiny model at the config schema's default size, on the demo's tokenizer corpus."""
-    from vlmflow.demo_dataset import demo_vocabulary
-    from vlmflow.labels import baseline_prompt, described_prompt
-    from vlmflow.tiny_model import build_tiny_model
+    from vlmflow.data.labels import baseline_prompt, described_prompt
+    from vlmflow.demo.dataset import demo_vocabulary
+    from vlmflow.demo.tiny_model import build_tiny_model
 
     corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
     return build_tiny_model(out_dir, corpus, seed=0)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
-    from vlmflow.labels import load_labels
+    from vlmflow.data.labels import load_labels
 
     labels = load_labels(args.labels)
     with tempfile.TemporaryDirectory() as scratch:
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, labels, model_dir: Path) -> None:
     import torch
 
-    from vlmflow.labels import baseline_prompt, label_names
-    from vlmflow.scoring import load_scorer
+    from vlmflow.data.labels import baseline_prompt, label_names
+    from vlmflow.model.scoring import load_scorer
 
     names, prompt = label_names(labels), baseline_prompt(labels)
     scorer = load_scorer(model_dir, device=args.device, num_threads=args.threads)

@@ -13,8 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from vlmflow.labels import baseline_prompt, load_labels
-from vlmflow.local_server import free_port, stop_process_group
+from vlmflow.data.labels import baseline_prompt, load_labels
+
+from helpers.local_server import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running pytest holds snakemake and the CLIs
@@ -26,53 +27,18 @@ KEY_ENV = "VLMFLOW_TEST_TEACHER_KEY"
 KEY = "s3cret-test-key"
 
 
-# The demo's CPU training settings, cut to a handful of steps.
-SMALL_TRAINING = {
-    "use_cpu": True,
-    "bf16": False,
-    "flash_attn": "auto",
-    "cutoff_len": 1024,
-    "learning_rate": 1.0e-3,
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "eval_steps": 2,
-    "logging_steps": 1,
-    "save_strategy": "no",
-    "load_best_model_at_end": False,
-    "freeze_vision_tower": False,
-    "freeze_multi_modal_projector": False,
-    "preprocessing_num_workers": 1,
-    "dataloader_num_workers": 0,
-    "disable_gradient_checkpointing": True,
-}
+# The reduced demo (.test/config_small.yaml, which a person can run by hand) and its teacher variant.
+SMALL_CONFIG = REPO / ".test" / "config_small.yaml"
+TEACHER_CONFIG = REPO / ".test" / "config_teacher.yaml"
+# The reduced demo's CPU training settings, cut to a handful of steps.
+SMALL_TRAINING = yaml.safe_load(SMALL_CONFIG.read_text(encoding="utf-8"))["train"]["hyperparameters"]
 
 
 def small_demo_config(workdir: Path, **overrides) -> dict:
-    """A demo config small enough for a test: a few dozen images, 2 folds, the tiny model on the CPU."""
-    config = {
-        "labels": str(REPO / "config" / "labels.yaml"),
-        "demo": {"n_train": 40, "n_test": 12, "seed": 3, "image_width": 180, "image_height": 320},
-        "variants": [{"name": "baseline"}, {"name": "baseline_ocr", "ocr": True}],
-        "ocr": {"shards": 2},
-        "train": {
-            "folds": 2,
-            "deepspeed": "none",
-            "gpus_per_run": 0,
-            "threads": 2,
-            "hyperparameters": dict(SMALL_TRAINING),
-        },
-        # Every final-model rule on the least training: one retrained combination, two pseudo rounds.
-        "pseudo": {"tau": 0.0, "min_agreeing_folds": 1, "per_class_cap": 2, "rounds": 2},
-        "final": {
-            "strategy": "retrain",
-            "stages": ["correction", "pseudo"],
-            "ablation": [],
-            "class_floor": 3,
-            "general_data": {"path": "resources/demo/general.json", "ratio": 0.2},
-        },
-    }
+    """The reduced demo (.test/config_small.yaml): a few dozen images, 2 folds, the tiny model on the CPU;
+    ``overrides`` replace top-level keys, merged one level deep for mappings."""
+    config = yaml.safe_load(SMALL_CONFIG.read_text(encoding="utf-8"))
+    config["labels"] = str(REPO / "config" / "labels.yaml")  # the scratch folder has no config/
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
@@ -126,8 +92,8 @@ class ApiServer:
 def llamafactory_api(tmp_path_factory):
     """`llamafactory-cli api` serving a tiny random-weight Qwen2-VL on 127.0.0.1, behind an API key: the
     teacher of the end-to-end run and of tests/test_teacher.py."""
-    from vlmflow.demo_dataset import demo_vocabulary
-    from vlmflow.tiny_model import build_tiny_model
+    from vlmflow.demo.dataset import demo_vocabulary
+    from vlmflow.demo.tiny_model import build_tiny_model
 
     folder = tmp_path_factory.mktemp("teacher_server")
     labels = load_labels(REPO / "config" / "labels.yaml")
@@ -167,10 +133,6 @@ def llamafactory_api(tmp_path_factory):
         stop_process_group(server, timeout=30)
 
 
-# The end-to-end run's third variant: the teacher writes its reasons and its image descriptions.
-TAUGHT = {"name": "taught", "ocr": True, "reason": True, "describe": True, "describe_max_chars": 40}
-
-
 @dataclass(frozen=True)
 class DemoRun:
     workdir: Path
@@ -187,9 +149,9 @@ def demo_run(tmp_path_factory, llamafactory_api) -> DemoRun:
     A test leaves it as it found it: it changes a deep copy of the config and undoes what it writes.
     """
     workdir = tmp_path_factory.mktemp("demo")
-    config = small_demo_config(workdir)
-    config["variants"].append(dict(TAUGHT))
-    config["teacher"] = {"base_url": llamafactory_api.url, "model": "tiny", "api_key_env": KEY_ENV, "max_tokens": 12}
+    taught = yaml.safe_load(TEACHER_CONFIG.read_text(encoding="utf-8"))  # adds the `taught` variant
+    config = small_demo_config(workdir, variants=taught["variants"], teacher=taught["teacher"])
+    config["teacher"] |= {"base_url": llamafactory_api.url, "api_key_env": KEY_ENV}
     before = llamafactory_api.completions()
     run_snakemake(workdir, config, "--cores", "2", env={KEY_ENV: KEY})
     return DemoRun(workdir, config, llamafactory_api.completions() - before)

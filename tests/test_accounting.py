@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from vlmflow.accounting import IngestedSplit, RecordsLostError, account_records
+from vlmflow.data.accounting import IngestedSplit, RecordsLostError, account_records
 
 
 def ingested(ids, labels, rejected=()):

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vlmflow.averaging import ModelMismatchError, average_fold_models
+from vlmflow.model.averaging import ModelMismatchError, average_fold_models
 
 MODEL_FILES = {
     "config.json": '{"model_type": "qwen2_vl", "torch_dtype": "bfloat16"}',

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmflow.correction import find_label_issues
-from vlmflow.ingest import DataFileError, ingest_records
-from vlmflow.labels import LabelFileError, load_labels
-from vlmflow.prompts import PromptVariant, build_prompt
+from vlmflow.data.ingest import DataFileError, ingest_records
+from vlmflow.data.labels import LabelFileError, load_labels
+from vlmflow.prompting.prompts import PromptVariant, build_prompt
+from vlmflow.recipe.correction import find_label_issues
 
 from conftest import REPO, run_snakemake, small_demo_config
 

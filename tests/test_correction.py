@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmflow.correction import (
+from vlmflow.recipe.correction import (
     ISSUE_COLUMNS,
     apply_corrections,
     find_label_issues,
@@ -186,7 +186,7 @@ def test_review_page_escapes_ocr_and_links_images_relative_to_the_page(demo, tmp
 
 
 def test_correction_summary_counts_applied_and_adds_noise_scores_with_truth():
-    from vlmflow.correction import correction_summary
+    from vlmflow.recipe.correction import correction_summary
 
     issues = pd.DataFrame({"id": ["a", "b"], "given": ["x", "y"], "proposed": ["y", "x"], "confidence": [0.9, 0.8]})
     decisions = pd.DataFrame({"id": ["a", "b"], "decision": ["applied", "rejected"]})

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmflow.demo_dataset import (
-    FONT_ENV_VAR,
+from vlmflow.data.labels import Label, baseline_prompt, label_names, load_labels
+from vlmflow.demo.dataset import (
     PAGES,
     confusable_labels,
-    find_cjk_font,
     generate_demo_dataset,
     plan_demo_records,
     render_demo_image,
 )
-from vlmflow.labels import Label, baseline_prompt, label_names, load_labels
+from vlmflow.runtime.fonts import FONT_ENV_VAR, find_cjk_font
 
 LABELS = load_labels(Path(__file__).resolve().parents[1] / "config" / "labels.yaml")
 NAMES = label_names(LABELS)

@@ -16,12 +16,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from vlmflow.local_server import free_port
-from vlmflow.outputs import partial_path
-from vlmflow.tracking import absolute_tracking_uri, ensure_experiment, log_results, start_child_run, start_variant_run
-from vlmflow.train import last_complete_checkpoint
+from vlmflow.model.train import last_complete_checkpoint
+from vlmflow.runtime.outputs import partial_path
+from vlmflow.tracking.runs import (
+    absolute_tracking_uri,
+    ensure_experiment,
+    log_results,
+    start_child_run,
+    start_variant_run,
+)
 
 from conftest import BIN, REPO, SMALL_TRAINING, run_snakemake, small_demo_config, snakemake_command
+from helpers.local_server import free_port
 
 FAILS_ONCE = """
 rule flaky:

@@ -1,10 +1,10 @@
 import pandas as pd
 import pytest
 
-from vlmflow.final_training import balance_classes, build_final_training_set, final_training_records
-from vlmflow.labels import Label
-from vlmflow.prompts import PromptVariant
-from vlmflow.stages import final_round, stage_set, stage_set_name
+from vlmflow.data.labels import Label
+from vlmflow.prompting.prompts import PromptVariant
+from vlmflow.recipe.final_training import balance_classes, build_final_training_set, final_training_records
+from vlmflow.recipe.stages import final_round, stage_set, stage_set_name
 
 LABELS = [Label("退款页面", "退款"), Label("退货页面", "退货"), Label("支付页面", "支付")]
 

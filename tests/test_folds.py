@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from vlmflow.folds import assign_folds
+from vlmflow.data.folds import assign_folds
 
 
 def records(counts: dict[str, int]) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def test_every_class_smaller_than_k_still_splits_and_balances():
 
 
 def test_training_part_and_held_out_part_partition_the_labelled_records():
-    from vlmflow.folds import fold_training_part, held_out_part
+    from vlmflow.data.folds import fold_training_part, held_out_part
 
     data = records({"a": 10, "b": 5})
     folds, _ = assign_folds(data, n_folds=5, seed=1)

@@ -2,7 +2,12 @@ import json
 
 import pytest
 
-from vlmflow.general_data import GeneralDataError, demo_general_records, read_general_records, sample_general_records
+from vlmflow.prompting.general_data import (
+    GeneralDataError,
+    demo_general_records,
+    read_general_records,
+    sample_general_records,
+)
 
 
 def write(tmp_path, name, records):

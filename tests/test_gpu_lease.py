@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from vlmflow.gpu_lease import POOL_VARIABLE, gpu_pool, lease_gpus
+from vlmflow.runtime.gpu_lease import POOL_VARIABLE, gpu_pool, lease_gpus
 
 from conftest import BIN
 
@@ -22,7 +22,7 @@ POOL = "0,1,2,3"
 # A job that leases devices, says which, then keeps them until it is killed or its time is up.
 HOLDER = """
 import sys, time
-from vlmflow.gpu_lease import lease_gpus
+from vlmflow.runtime.gpu_lease import lease_gpus
 with lease_gpus({count}, pool="0,1,2,3", lock_dir="{lock_dir}") as lease:
     print(",".join(lease.devices), flush=True)
     time.sleep({seconds})
@@ -182,7 +182,7 @@ rule hold:
 HOLD_SCRIPT = """
 import json, os, time
 from pathlib import Path
-from vlmflow.gpu_lease import lease_gpus
+from vlmflow.runtime.gpu_lease import lease_gpus
 
 with lease_gpus(snakemake.resources.gpu, poll_seconds=0.1) as lease:
     start = time.time()

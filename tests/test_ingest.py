@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmflow.ingest import BadRecordsError, DataFileError, ingest_records, write_ingest_outputs
+from vlmflow.data.ingest import BadRecordsError, DataFileError, ingest_records, write_ingest_outputs
 
 LABELS = ["退款页面", "退货页面", "支付页面"]
 

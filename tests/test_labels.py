@@ -1,6 +1,6 @@
 import pytest
 
-from vlmflow.labels import LabelFileError, baseline_prompt, described_prompt, label_names, load_labels
+from vlmflow.data.labels import LabelFileError, baseline_prompt, described_prompt, label_names, load_labels
 
 from conftest import REPO
 

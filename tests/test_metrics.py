@@ -3,7 +3,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from vlmflow.metrics import evaluate_variant, mean_fold_probabilities, per_class_report, plot_confusion_matrix
+from vlmflow.evaluation.metrics import (
+    evaluate_variant,
+    mean_fold_probabilities,
+    per_class_report,
+    plot_confusion_matrix,
+)
 
 LABELS = ["退款页面", "退货页面", "支付页面"]
 
@@ -65,7 +70,7 @@ def test_per_class_report_and_confusion_matrix_image(tmp_path):
 
 
 def test_test_set_metrics_score_predictions_against_the_truth():
-    from vlmflow.metrics import test_set_metrics
+    from vlmflow.evaluation.metrics import test_set_metrics
 
     submission = pd.DataFrame({"id": ["t1", "t2"], "predict": ["退款页面", "支付页面"]})
     truth = pd.DataFrame({"id": ["t2", "t1", "x"], "split": "test", "label": ["退货页面", "退款页面", "支付页面"]})

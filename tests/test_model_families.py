@@ -16,9 +16,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from vlmflow.families import FAMILIES, UnsupportedModelError, base_model, family_of, model_config
-from vlmflow.labels import label_names, load_labels
-from vlmflow.train import method_settings
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.model.families import FAMILIES, UnsupportedModelError, base_model, family_of, model_config
+from vlmflow.model.train import method_settings
 
 from conftest import REPO, run_snakemake, small_demo_config
 
@@ -211,7 +211,7 @@ def test_the_fold_model_on_disk_is_what_the_method_trains(method_run):
 def test_the_averaged_fold_model_is_a_full_model_that_scores(method_run):
     from transformers import AutoModelForImageTextToText
 
-    from vlmflow.scoring import load_model
+    from vlmflow.model.scoring import load_model
 
     workdir, family, method = method_run
     averaged = workdir / "results/baseline/final/model"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmflow.ocr import (
+from vlmflow.data.ocr import (
     OUTPUT_COLUMNS,
     OcrCache,
     OcrEngineError,
@@ -187,7 +187,7 @@ def test_unreadable_and_textless_images_give_empty_text(rapidocr, tmp_path, capl
     broken.write_bytes(b"not an image at all")
     blank = tmp_path / "photo.png"
     Image.new("RGB", (120, 80), (200, 120, 40)).save(blank)
-    with caplog.at_level(logging.WARNING, logger="vlmflow.ocr"):
+    with caplog.at_level(logging.WARNING, logger="vlmflow.data.ocr"):
         out = ocr_images(image_table([broken, blank]), rapidocr, OcrCache(tmp_path / "cache", "rapidocr"))
     assert list(out["text"]) == ["", ""] and list(out["n_lines"]) == [0, 0]
     assert str(broken) in caplog.text and str(blank) not in caplog.text
@@ -221,7 +221,7 @@ def test_engine_options_get_their_own_cache_namespace(tmp_path):
 
 
 def test_text_by_record_maps_ids_through_image_sha256():
-    from vlmflow.ocr import text_by_record
+    from vlmflow.data.ocr import text_by_record
 
     records = pd.DataFrame({"id": ["r1", "r2", "r3"], "image_sha256": ["s1", "s1", "s2"]})
     table = pd.DataFrame({"image_sha256": ["s1"], "text": ["退款成功"]})

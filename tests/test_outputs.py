@@ -1,10 +1,12 @@
 """Staged outputs: written under temporary names, renamed into place only when the whole job succeeded."""
 
+import threading
+
 import pandas as pd
 import pytest
 from snakemake.iocontainers import Namedlist
 
-from vlmflow.outputs import partial_path, staged
+from vlmflow.runtime.outputs import partial_path, staged, write_text_atomically
 
 
 def job_outputs(tmp_path):
@@ -40,3 +42,16 @@ def test_a_script_that_fails_midway_leaves_the_real_names_untouched(tmp_path):
     with pytest.raises(FileNotFoundError, match="fold0.csv"):
         pd.DataFrame({"a": [1]}).to_parquet(again.table)
         again.commit()
+
+
+def test_atomic_writes_from_parallel_writers_leave_one_whole_shared_file(tmp_path):
+    path = tmp_path / "entry.json"
+    texts = [f'{{"writer": {n}, "padding": "{"x" * 100_000}"}}' for n in range(8)]
+    writers = [threading.Thread(target=write_text_atomically, args=(path, text)) for text in texts]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert path.read_text(encoding="utf-8") in texts  # one writer's whole text, never a mix
+    assert [entry.name for entry in tmp_path.iterdir()] == ["entry.json"]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from vlmflow.labels import Label, baseline_prompt
-from vlmflow.prompts import (
+from vlmflow.data.labels import Label, baseline_prompt
+from vlmflow.prompting.prompts import (
     PromptTooLongError,
     PromptVariant,
     answer_around_label,

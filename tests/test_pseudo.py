@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmflow.ingest import RECORD_COLUMNS
-from vlmflow.pseudo import pseudo_training_records, select_pseudo_labels
+from vlmflow.data.ingest import RECORD_COLUMNS
+from vlmflow.recipe.pseudo import pseudo_training_records, select_pseudo_labels
 
 LABELS = ["退款页面", "退货页面", "支付页面"]
 REFUND, RETURN, PAYMENT = LABELS

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmflow.local_server import free_port, stop_process_group, wait_for_http
-from vlmflow.report import (
+from vlmflow.evaluation.report import (
     confidence_ranges,
     inline_images,
     plot_loss_curves,
@@ -22,6 +21,8 @@ from vlmflow.report import (
     table_page,
     yaml_page,
 )
+
+from helpers.local_server import free_port, stop_process_group, wait_for_http
 
 
 def test_pseudo_labels_are_counted_per_class_and_confidence_range_every_class_listed(tmp_path):

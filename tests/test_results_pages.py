@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from vlmflow.browser import missing_browser
-from vlmflow.screenshots import REPORT_CATEGORIES, mlflow_pages, report_pages
-
 from conftest import REPO, run_snakemake
+from helpers.browser import missing_browser
+from helpers.screenshots import REPORT_CATEGORIES, mlflow_pages, report_pages
 
 SCREENSHOTS = REPO / "results" / "screenshots"
 needs_browser = pytest.mark.skipif(

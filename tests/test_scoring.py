@@ -15,11 +15,11 @@ import torch
 import yaml
 from PIL import Image
 
-from vlmflow.families import FAMILIES, family_of
-from vlmflow.labels import baseline_prompt, label_names, load_labels
-from vlmflow.prompts import PromptVariant, answer_around_label, write_llamafactory_dataset
-from vlmflow.scoring import extract_reason, load_scorer, reason_slot, score_table
-from vlmflow.tiny_model import build_tiny_model
+from vlmflow.data.labels import baseline_prompt, label_names, load_labels
+from vlmflow.demo.tiny_model import build_tiny_model
+from vlmflow.model.families import FAMILIES, family_of
+from vlmflow.model.scoring import extract_reason, load_scorer, reason_slot, score_table
+from vlmflow.prompting.prompts import PromptVariant, answer_around_label, write_llamafactory_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

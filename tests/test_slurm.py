@@ -16,9 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from vlmflow.local_server import stop_process_group
-
 from conftest import BIN, REPO, run_snakemake, small_demo_config
+from helpers.local_server import stop_process_group
 
 PARTITION = "debug"  # the partition scripts/start_slurm.sh creates
 

@@ -3,7 +3,7 @@ import codecs
 import pandas as pd
 import pytest
 
-from vlmflow.submission import SubmissionError, read_submission, write_submission
+from vlmflow.recipe.submission import SubmissionError, read_submission, write_submission
 
 LABELS = ["物流页面-物流列表页面", "支付页面", "账单/账户页面"]
 TEST_IDS = ["c3", "0a1", "b2"]  # not sorted: the file keeps this order

@@ -1,6 +1,6 @@
 import math
 
-from vlmflow.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
+from vlmflow.evaluation.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
 
 
 def rows():

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmflow.diversity import reason_diversity, reasons_from_prompts
-from vlmflow.labels import Label
-from vlmflow.teacher import (
+from vlmflow.data.labels import Label
+from vlmflow.prompting.diversity import reason_diversity, reasons_from_prompts
+from vlmflow.prompting.teacher import (
     TeacherCache,
     TeacherClient,
     TeacherError,
@@ -336,7 +336,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(loopback, tmp_path):
     records.to_parquet(tmp_path / "records.parquet")
     job = f"""
 import pandas as pd
-from vlmflow.teacher import TeacherSettings, ask_teacher, description_requests
+from vlmflow.prompting.teacher import TeacherSettings, ask_teacher, description_requests
 requests = description_requests(pd.read_parquet({str(tmp_path / "records.parquet")!r}), "描述", 20)
 ask_teacher(requests, TeacherSettings(base_url={server.url!r}, model="teacher-test", concurrency=1),
             {str(tmp_path / "cache")!r}, max_chars=20)

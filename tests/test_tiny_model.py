@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from vlmflow.tiny_model import build_tiny_model
+from vlmflow.demo.tiny_model import build_tiny_model
 
 # Nothing may come from a hub: the model is built here. Set before transformers is first imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,7 +4,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from vlmflow.tracking import (
+from vlmflow.tracking.runs import (
     absolute_tracking_uri,
     adopt_trainer_runs,
     ensure_experiment,

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vlmflow.labels import baseline_prompt, label_names, load_labels
-from vlmflow.tiny_model import build_tiny_model
-from vlmflow.train import (
+from vlmflow.data.labels import baseline_prompt, label_names, load_labels
+from vlmflow.demo.tiny_model import build_tiny_model
+from vlmflow.model.train import (
     collect_trained_model,
     llamafactory_command,
     llamafactory_config,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from vlmflow.labels import load_labels
+from vlmflow.data.labels import load_labels
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 
@@ -316,19 +316,22 @@ def declared_names(rule_body: str, section: str) -> set[str]:
     return set(re.findall(r"^        (\w+)=", found[1], re.MULTILINE)) if found else set()
 
 
-def test_every_name_a_script_reads_is_declared_by_its_rule():
-    rules = {}
+def test_every_name_a_script_reads_is_declared_by_each_rule_that_runs_it():
+    rules: dict[str, list[tuple[str, str]]] = {}  # script -> (rule name, rule text) of every rule running it
     for path in (REPO / "workflow" / "rules").glob("*.smk"):
         for body in re.split(r"\n(?=rule \w+:)", path.read_text(encoding="utf-8")):
             script = re.search(r'script:\n\s+"\.\./scripts/(\w+\.py)"', body)
             if script:
-                rules[script[1]] = body
+                rules.setdefault(script[1], []).append((re.match(r"rule (\w+):", body)[1], body))
     scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
-    assert {path.name for path in scripts} == set(rules), "every script has exactly one rule"
+    assert {path.name for path in scripts} == set(rules), "every script has a rule"
+    assert len(rules["select_pseudo_labels.py"]) == 2  # fold models' and each round's pseudo-labels
     for path in scripts:
-        # `output.<name>` is the staged form of `snakemake.output.<name>` (vlmflow.outputs); commit() is its method.
+        # `output.<name>` is the staged form of `snakemake.output.<name>` (vlmflow.runtime.outputs);
+        # commit() is its method.
         text = path.read_text(encoding="utf-8")
         used = re.findall(r"snakemake\.(input|output|params)\.(\w+)", text)
         used += [("output", name) for name in re.findall(r"(?<![\w.])output\.(\w+)", text) if name != "commit"]
-        for section, name in used:
-            assert name in declared_names(rules[path.name] + "\n", section), f"{path.name}: {section}.{name}"
+        for rule, body in rules[path.name]:
+            for section, name in used:
+                assert name in declared_names(body + "\n", section), f"{path.name} in rule {rule}: {section}.{name}"

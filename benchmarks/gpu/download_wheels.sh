@@ -30,5 +30,5 @@ mkdir -p "$dir"
 # DeepSpeed ships only a source archive whose build imports torch; without its ops the wheel is pure Python
 # and picks the CUDA accelerator at run time.
 DS_BUILD_OPS=0 "$pip" wheel --quiet --no-deps --no-build-isolation -w "$dir" -r requirements/deepspeed.txt
-.venv/bin/python -c 'from vlmflow.demo_dataset import find_cjk_font; print(find_cjk_font())' | xargs -I{} cp {} "$dir"/
+.venv/bin/python -c 'from vlmflow.runtime.fonts import find_cjk_font; print(find_cjk_font())' | xargs -I{} cp {} "$dir"/
 du -sh "$dir"

@@ -115,8 +115,8 @@ def demo_prompts(workdir: Path, labels, images: int):
     """A handful of rendered demo screenshots with the baseline variant's prompts and targets."""
     import pandas as pd
 
-    from vlmflow.demo_dataset import generate_demo_dataset
-    from vlmflow.prompts import PromptVariant, build_prompt_table
+    from vlmflow.demo.dataset import generate_demo_dataset
+    from vlmflow.prompting.prompts import PromptVariant, build_prompt_table
 
     demo_dir = workdir / "demo"
     generate_demo_dataset(demo_dir, labels, n_train=images, n_test=0, flip_fraction=0.0, seed=0)
@@ -135,9 +135,9 @@ def demo_prompts(workdir: Path, labels, images: int):
 
 def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:
     """The demo's model builder at the requested size, on the demo's tokenizer corpus."""
-    from vlmflow.demo_dataset import demo_vocabulary
-    from vlmflow.labels import baseline_prompt, described_prompt
-    from vlmflow.tiny_model import build_tiny_model
+    from vlmflow.data.labels import baseline_prompt, described_prompt
+    from vlmflow.demo.dataset import demo_vocabulary
+    from vlmflow.demo.tiny_model import build_tiny_model
 
     corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
     return build_tiny_model(
@@ -187,7 +187,7 @@ def parse_stage(spec: str) -> tuple[str, dict]:
 
 def train_once(number: int, spec: str, prompts, model_dir: Path, workdir: Path, args: argparse.Namespace) -> dict:
     """One fixed-length training run through the workflow's trainer; its steady-state throughput."""
-    from vlmflow.train import train_model
+    from vlmflow.model.train import train_model
 
     stage, overrides = parse_stage(spec)
     hyperparameters = {**(CPU_TRAINING if args.device == "cpu" else GPU_TRAINING), **TIMED_RUN, **overrides}
@@ -236,8 +236,8 @@ def time_scoring(model_dir: Path, prompts, labels, args: argparse.Namespace) -> 
     """All-label scoring per image with the workflow's scorer, as ``score_table`` calls it; one image warms up."""
     import torch
 
-    from vlmflow.labels import label_names
-    from vlmflow.scoring import load_scorer
+    from vlmflow.data.labels import label_names
+    from vlmflow.model.scoring import load_scorer
 
     names = label_names(labels)
     scorer = load_scorer(model_dir, device=args.device, num_threads=args.threads if args.device == "cpu" else None)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
-    from vlmflow.labels import load_labels
+    from vlmflow.data.labels import load_labels
 
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if args.device == "cpu" and not args.smoke:

@@ -5,11 +5,11 @@ from pathlib import Path
 # common.smk imports the library straight from src/; jobs import the installed one (`make install`).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from vlmflow.families import base_model as resolve_base_model
-from vlmflow.families import FAMILIES, demo_family
-from vlmflow.labels import load_labels
-from vlmflow.offline import unreachable_notice
-from vlmflow.stages import (
+from vlmflow.model.families import base_model as resolve_base_model
+from vlmflow.model.families import FAMILIES, demo_family
+from vlmflow.data.labels import load_labels
+from vlmflow.tracking.offline import unreachable_notice
+from vlmflow.recipe.stages import (
     AVERAGE_FOLDS,
     final_round,
     retrained_model_name,

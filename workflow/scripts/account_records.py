@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.accounting import IngestedSplit, account_records
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
+from vlmflow.data.accounting import IngestedSplit, account_records
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 ingested = {  # results/data/<split>.parquet

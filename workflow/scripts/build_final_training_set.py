@@ -4,13 +4,13 @@ import json
 
 import pandas as pd
 
-from vlmflow.final_training import build_final_training_set, final_training_records
-from vlmflow.general_data import read_general_records
-from vlmflow.labels import load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.prompts import PromptVariant
-from vlmflow.teacher import descriptions_by_image, reasons_by_image_and_label
+from vlmflow.data.labels import load_labels
+from vlmflow.prompting.general_data import read_general_records
+from vlmflow.prompting.prompts import PromptVariant
+from vlmflow.prompting.teacher import descriptions_by_image, reasons_by_image_and_label
+from vlmflow.recipe.final_training import build_final_training_set, final_training_records
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.ingest import read_split_tables
-from vlmflow.labels import load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.prompts import PromptVariant, build_prompt_table, write_llamafactory_dataset
-from vlmflow.teacher import descriptions_by_image, reasons_by_image_and_label
+from vlmflow.data.ingest import read_split_tables
+from vlmflow.data.labels import load_labels
+from vlmflow.prompting.prompts import PromptVariant, build_prompt_table, write_llamafactory_dataset
+from vlmflow.prompting.teacher import descriptions_by_image, reasons_by_image_and_label
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 # The table is staged; the LLaMA-Factory dataset's file names are fixed by its format, so it is written as named.

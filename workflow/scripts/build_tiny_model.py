@@ -1,10 +1,10 @@
 """Build the demo's tiny random-weight model of one family, its tokenizer trained on the demo's own text."""
 
-from vlmflow.demo_dataset import demo_vocabulary
-from vlmflow.labels import baseline_prompt, described_prompt, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.tiny_model import build_tiny_model
+from vlmflow.data.labels import baseline_prompt, described_prompt, load_labels
+from vlmflow.demo.dataset import demo_vocabulary
+from vlmflow.demo.tiny_model import build_tiny_model
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.correction import (
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.data.ocr import text_by_record
+from vlmflow.recipe.correction import (
     apply_corrections,
     correction_summary,
     find_label_issues,
     read_overrides,
     review_page,
 )
-from vlmflow.labels import label_names, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.ocr import text_by_record
-from vlmflow.outputs import staged
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

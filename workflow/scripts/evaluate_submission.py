@@ -4,10 +4,10 @@ import json
 
 import pandas as pd
 
-from vlmflow.logfile import log_to
-from vlmflow.metrics import test_set_metrics
-from vlmflow.outputs import staged
-from vlmflow.submission import read_submission
+from vlmflow.evaluation.metrics import test_set_metrics
+from vlmflow.recipe.submission import read_submission
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -5,10 +5,10 @@ import re
 
 import pandas as pd
 
-from vlmflow.labels import label_names, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.metrics import evaluate_variant, per_class_report, plot_confusion_matrix, write_fold_reports
-from vlmflow.outputs import staged
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.evaluation.metrics import evaluate_variant, per_class_report, plot_confusion_matrix, write_fold_reports
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -1,9 +1,9 @@
 """Validate one split's records into results/data/{split}.parquet (+ rejected table and counts)."""
 
-from vlmflow.ingest import ingest_records, write_ingest_outputs
-from vlmflow.labels import label_names, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
+from vlmflow.data.ingest import ingest_records, write_ingest_outputs
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.tracking import log_results, log_variant_results, numeric_metrics, read_run, share_variant_params
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
+from vlmflow.tracking.runs import log_results, log_variant_results, numeric_metrics, read_run, share_variant_params
 
 
 def read_json(path):

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from vlmflow.demo_dataset import generate_demo_dataset
-from vlmflow.labels import load_labels
-from vlmflow.logfile import log_to
+from vlmflow.data.labels import load_labels
+from vlmflow.demo.dataset import generate_demo_dataset
+from vlmflow.runtime.logfile import log_to
 
 log_to(snakemake.log[0])
 demo = snakemake.params.demo

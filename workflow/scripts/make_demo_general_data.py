@@ -2,9 +2,9 @@
 
 import json
 
-from vlmflow.general_data import demo_general_records
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
+from vlmflow.prompting.general_data import demo_general_records
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

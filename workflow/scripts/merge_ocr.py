@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

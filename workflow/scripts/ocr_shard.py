@@ -1,9 +1,9 @@
 """OCR one shard of the distinct images of both splits, through the sha256 cache."""
 
-from vlmflow.ingest import read_split_tables
-from vlmflow.logfile import log_to
-from vlmflow.ocr import OcrCache, make_ocr_engine, ocr_images, select_shard
-from vlmflow.outputs import staged
+from vlmflow.data.ingest import read_split_tables
+from vlmflow.data.ocr import OcrCache, make_ocr_engine, ocr_images, select_shard
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.report import plot_loss_curves, read_trainer_log
+from vlmflow.evaluation.report import plot_loss_curves, read_trainer_log
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.report import confidence_ranges, plot_pseudo_labels, pseudo_label_counts
+from vlmflow.evaluation.report import confidence_ranges, plot_pseudo_labels, pseudo_label_counts
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -2,13 +2,13 @@
 
 import pandas as pd
 
-from vlmflow.folds import held_out_part
-from vlmflow.gpu_lease import lease_gpus
-from vlmflow.labels import label_names, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.prompts import PromptVariant
-from vlmflow.scoring import load_scorer, score_table
+from vlmflow.data.folds import held_out_part
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.model.scoring import load_scorer, score_table
+from vlmflow.prompting.prompts import PromptVariant
+from vlmflow.runtime.gpu_lease import lease_gpus
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.pseudo import select_pseudo_labels
+from vlmflow.recipe.pseudo import select_pseudo_labels
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

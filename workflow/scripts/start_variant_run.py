@@ -2,8 +2,8 @@
 
 from mlflow.tracking import MlflowClient
 
-from vlmflow.logfile import log_to
-from vlmflow.tracking import read_run, start_variant_run, write_run
+from vlmflow.runtime.logfile import log_to
+from vlmflow.tracking.runs import read_run, start_variant_run, write_run
 
 log_to(snakemake.log[0])
 store = read_run(snakemake.input.experiment)

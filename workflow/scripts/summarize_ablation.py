@@ -2,10 +2,10 @@
 
 import json
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
-from vlmflow.tracking import log_summary_run, read_run, write_run
+from vlmflow.evaluation.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
+from vlmflow.tracking.runs import log_summary_run, read_run, write_run
 
 
 def read_json(path):

@@ -1,9 +1,9 @@
 """Ask the teacher to describe every image of both splits (cached; failures listed, then fail or skip)."""
 
-from vlmflow.ingest import read_split_tables
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.teacher import TeacherSettings, ask_teacher, description_requests
+from vlmflow.data.ingest import read_split_tables
+from vlmflow.prompting.teacher import TeacherSettings, ask_teacher, description_requests
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -1,10 +1,10 @@
 """Ask the teacher why each training image has its gold label (cached; failures listed, then fail or skip)."""
 
-from vlmflow.ingest import read_split_tables
-from vlmflow.labels import load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.teacher import TeacherSettings, ask_teacher, reason_requests
+from vlmflow.data.ingest import read_split_tables
+from vlmflow.data.labels import load_labels
+from vlmflow.prompting.teacher import TeacherSettings, ask_teacher, reason_requests
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

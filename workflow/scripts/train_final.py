@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from vlmflow.gpu_lease import lease_gpus
-from vlmflow.logfile import log_to
-from vlmflow.tracking import log_training, read_run, start_child_run, training_environment, write_run
-from vlmflow.train import train_model
+from vlmflow.model.train import train_model
+from vlmflow.runtime.gpu_lease import lease_gpus
+from vlmflow.runtime.logfile import log_to
+from vlmflow.tracking.runs import log_training, read_run, start_child_run, training_environment, write_run
 
 log_to(snakemake.log[0])
 variant, stages, round_ = snakemake.wildcards.variant, snakemake.wildcards.stages, snakemake.wildcards.round

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from vlmflow.gpu_lease import lease_gpus
-from vlmflow.logfile import log_to
-from vlmflow.tracking import log_training, read_run, start_fold_run, training_environment, write_run
-from vlmflow.train import train_fold
+from vlmflow.model.train import train_fold
+from vlmflow.runtime.gpu_lease import lease_gpus
+from vlmflow.runtime.logfile import log_to
+from vlmflow.tracking.runs import log_training, read_run, start_fold_run, training_environment, write_run
 
 log_to(snakemake.log[0])
 fold, parent = int(snakemake.wildcards.fold), read_run(snakemake.input.parent_run)

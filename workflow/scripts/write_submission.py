@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from vlmflow.labels import label_names, load_labels
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.submission import write_submission
+from vlmflow.data.labels import label_names, load_labels
+from vlmflow.recipe.submission import write_submission
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.logfile import log_to
-from vlmflow.outputs import staged
-from vlmflow.report import table_page
-from vlmflow.summary import with_titles
+from vlmflow.evaluation.report import table_page
+from vlmflow.evaluation.summary import with_titles
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written

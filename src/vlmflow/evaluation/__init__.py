@@ -1,0 +1,1 @@
+"""Metrics, the ablation summary and the report's plots."""

@@ -1,0 +1,99 @@
+"""The ablation summary: per variant, what each step of the recipe gave, measured.
+
+One row per variant: out-of-fold weighted F1 (the competition metric on the training labels), how well
+label correction found the planted flips (demo truth), and the test weighted F1 of every final model
+(the fold ensemble, the averaged fold model, and a retrained model per stage combination).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vlmflow.recipe.stages import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
+
+TEST_F1 = "test_weighted_f1"
+TITLES = {
+    "variant": "variant",
+    "oof_weighted_f1": "out-of-fold weighted F1",
+    "noise_flagged": "labels flagged",
+    "noise_precision": "label-noise precision",
+    "noise_recall": "label-noise recall",
+    "submitted": "submission from",
+}
+
+
+def _final_model_title(name: str) -> str:
+    if name == FOLD_ENSEMBLE:
+        return "test wF1: fold ensemble"
+    if name == AVERAGE_FOLDS:
+        return "test wF1: averaged folds"
+    return f"test wF1: retrain, {name.removeprefix('retrain_').replace('_', ' + ')}"
+
+
+def ablation_row(variant: str, metrics: dict, correction: dict, final_models: dict[str, dict], submitted: str) -> dict:
+    """One variant's row; ``final_models`` maps final-model names to their test metrics (in column order)."""
+    row = {
+        "variant": variant,
+        "oof_weighted_f1": metrics["oof_weighted_f1"],
+        "noise_flagged": correction.get("flagged"),
+        "noise_precision": correction.get("precision"),
+        "noise_recall": correction.get("recall"),
+        f"{TEST_F1}.{FOLD_ENSEMBLE}": metrics.get(TEST_F1),
+    }
+    row |= {f"{TEST_F1}.{name}": model.get(TEST_F1) for name, model in final_models.items()}
+    return row | {"submitted": submitted}
+
+
+def ablation_table(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a table, columns without any value (no truth file) dropped."""
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Every number of the table as an MLflow metric named ``<variant>.<column>`` (empty cells skipped)."""
+    return {
+        f"{row['variant']}.{key}": float(value)
+        for row in table.to_dict("records")
+        for key, value in row.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isnan(value)
+    }
+
+
+def with_titles(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with readable column titles, as the Markdown summary and the report show it."""
+    titles = {column: TITLES.get(column) or _final_model_title(column.removeprefix(f"{TEST_F1}.")) for column in table}
+    return table.rename(columns=titles)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return with_titles(table).to_markdown(index=False, floatfmt=".3f") + "\n"
+
+
+def plot_ablation(table: pd.DataFrame, path: str | Path) -> None:
+    """Grouped bars per variant: out-of-fold weighted F1, then each final model's test weighted F1."""
+    columns = ["oof_weighted_f1", *[column for column in table if column.startswith(f"{TEST_F1}.")]]
+    names = ["out-of-fold"] + [
+        _final_model_title(column.removeprefix(f"{TEST_F1}.")).removeprefix("test wF1: ") for column in columns[1:]
+    ]
+    width = 0.8 / len(columns)
+    positions = np.arange(len(table))
+    figure, axes = plt.subplots(figsize=(max(6, 2.2 * len(table) * len(columns) / 3), 4.5))
+    for index, (column, name) in enumerate(zip(columns, names, strict=True)):
+        values = table[column].astype(float).fillna(0).to_numpy()
+        bars = axes.bar(positions + index * width, values, width, label=name)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7)
+    axes.set_xticks(positions + width * (len(columns) - 1) / 2, table["variant"])
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("weighted F1")
+    axes.set_title("Ablation: out-of-fold and test weighted F1 per variant and final model")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,1 @@
+"""Plumbing every job shares: staged outputs, the job's log file, GPU leases."""

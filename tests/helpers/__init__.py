@@ -1,0 +1,1 @@
+"""Test tooling: headless Chromium, local servers, the screenshot runner. Never imported by the library."""
