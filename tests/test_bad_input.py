@@ -15,10 +15,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlmflow.data.ingest import DataFileError, ingest_records
 from vlmflow.data.labels import LabelFileError, load_labels
-from vlmflow.prompting.prompts import PromptVariant, build_prompt
+from vlmflow.prompting.prompts import build_prompt
 from vlmflow.recipe.correction import find_label_issues
 
 from conftest import REPO, run_snakemake, small_demo_config
+from helpers.variants import make_variant
 
 ACCOUNTING = "results/baseline_ocr/accounting/stages.json"
 ONE_TRY = ["--cores", "1", "--retries", "0"]  # a bad record fails every try; the default profile retries once
@@ -27,7 +28,7 @@ REFUND, RETURN, CART = "退款页面", "退货页面", "购物车页面"  # 4 re
 FOLDS = 3
 LABELS = load_labels(REPO / "config" / "labels.yaml")
 # Every prompt of baseline_ocr without OCR text is this long; the one image with text makes a longer one.
-TEXTLESS_PROMPT = len(build_prompt(PromptVariant("baseline_ocr", ocr=True), LABELS, ""))
+TEXTLESS_PROMPT = len(build_prompt(make_variant("baseline_ocr", ocr=True), LABELS, ""))
 
 
 def save_plain(path, index):

@@ -2,9 +2,10 @@ import pandas as pd
 import pytest
 
 from vlmflow.data.labels import Label
-from vlmflow.prompting.prompts import PromptVariant
 from vlmflow.recipe.final_training import balance_classes, build_final_training_set, final_training_records
 from vlmflow.recipe.stages import final_round, stage_set, stage_set_name
+
+from helpers.variants import make_variant
 
 LABELS = [Label("退款页面", "退款"), Label("退货页面", "退货"), Label("支付页面", "支付")]
 
@@ -58,7 +59,7 @@ def test_classes_below_the_floor_are_oversampled_to_it_and_no_others():
 def test_final_training_set_rebuilds_targets_from_the_new_labels_and_mixes_general_records():
     train = records(["a", "b", "c"], ["退款页面", "退款页面", "支付页面"])  # "c" was corrected to 支付页面
     combined = final_training_records(train)
-    variant = PromptVariant(name="reason", ocr=True, reason=True)
+    variant = make_variant("reason", ocr=True, reason=True)
     general = [
         {"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]} for i in range(20)
     ]

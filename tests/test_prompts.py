@@ -6,7 +6,6 @@ import pytest
 from vlmflow.data.labels import Label, baseline_prompt
 from vlmflow.prompting.prompts import (
     PromptTooLongError,
-    PromptVariant,
     answer_around_label,
     build_prompt,
     build_prompt_table,
@@ -14,6 +13,8 @@ from vlmflow.prompting.prompts import (
     to_sharegpt,
     write_llamafactory_dataset,
 )
+
+from helpers.variants import make_variant
 
 LABELS = [Label("退款页面", "含有退款信息的页面"), Label("支付页面", "包含支付方式选择、支付成功的页面")]
 
@@ -31,13 +32,13 @@ def records():
 
 
 def test_baseline_variant_is_the_recipe_prompt_and_the_label_is_the_target():
-    variant = PromptVariant("baseline")
+    variant = make_variant("baseline")
     assert build_prompt(variant, LABELS, "退款成功") == baseline_prompt(LABELS)
     assert build_target(variant, "退款页面", None) == "退款页面"
 
 
 def test_switches_compose():
-    variant = PromptVariant("all", label_descriptions=True, ocr=True, ocr_max_chars=6, reason=True)
+    variant = make_variant("all", label_descriptions=True, ocr=True, ocr_max_chars=6, reason=True)
     prompt = build_prompt(variant, LABELS, "退款  成功 金额 ¥12")
     assert '"退款页面":"含有退款信息的页面"' in prompt
     assert prompt.count("图片中的OCR文字:退款 成功 ") == 1 and "金额" not in prompt  # 6-character budget
@@ -45,44 +46,47 @@ def test_switches_compose():
 
 
 def test_reason_target_is_json_in_the_configured_order():
-    first = json.loads(build_target(PromptVariant("r", reason=True), "支付页面", "有支付宝"))
+    first = json.loads(build_target(make_variant("r", reason=True), "支付页面", "有支付宝"))
     assert list(first) == ["理由", "所属类别"] and first["所属类别"] == "支付页面"
-    last = build_target(PromptVariant("r", reason=True, reason_first=False), "支付页面", "有支付宝")
+    last = build_target(make_variant("r", reason=True, reason_order="label_first"), "支付页面", "有支付宝")
     assert list(json.loads(last)) == ["所属类别", "理由"]
 
 
 def test_answer_around_label_rebuilds_the_target_around_any_label():
-    for variant in (PromptVariant("b"), PromptVariant("r", reason=True)):
+    for variant in (make_variant("b"), make_variant("r", reason=True)):
         before, after = answer_around_label(variant, "有支付宝")
         assert before + "支付页面" + after == build_target(variant, "支付页面", "有支付宝")
-    before, after = answer_around_label(PromptVariant("r", reason=True, reason_first=False))
+    before, after = answer_around_label(make_variant("r", reason=True, reason_order="label_first"))
     assert (before, after) == ('{"所属类别": "', '"')
 
 
 def test_prompt_table_uses_ocr_by_sha256_and_leaves_test_targets_empty():
-    table = build_prompt_table(records(), {"s1": "退款成功", "s2": "支付宝"}, PromptVariant("ocr", ocr=True), LABELS)
+    table = build_prompt_table(
+        records(), {"s1": "退款成功", "s2": "支付宝"}, make_variant("with_ocr", ocr=True), LABELS
+    )
     assert table["prompt"].str.endswith("图片中的OCR文字:退款成功").tolist() == [True, False]
     assert table["target"].tolist() == ["退款页面", None]
     assert (table["n_chars"] == table["prompt"].str.len()).all()
 
 
 def test_template_reason_respects_the_length_limit():
-    variant = PromptVariant("r", reason=True, reason_max_chars=10)
+    variant = make_variant("r", reason=True, reason_max_chars=10)
     table = build_prompt_table(records(), {"s1": "退款成功 金额"}, variant, LABELS)
     assert len(json.loads(table.loc[0, "target"])["理由"]) <= 10
 
 
 def test_length_guard_warns_then_fails_naming_the_record(caplog):
-    variant = PromptVariant("ocr", ocr=True, ocr_max_chars=5000)
+    variant = make_variant("with_ocr", ocr=True, ocr_max_chars=5000)
     long_text = {"s1": "字" * 3000, "s2": "短"}
     build_prompt_table(records(), {"s1": "字" * 200}, variant, LABELS, warn_chars=200, max_chars=9000)
     assert "above 200 characters" in caplog.text and "a" in caplog.text
-    with pytest.raises(PromptTooLongError, match=r"variant ocr: 1 prompt\(s\) above prompt.max_chars = 2000: a \("):
+    too_long = r"variant with_ocr: 1 prompt\(s\) above prompt.max_chars = 2000: a \("
+    with pytest.raises(PromptTooLongError, match=too_long):
         build_prompt_table(records(), long_text, variant, LABELS, max_chars=2000)
 
 
 def test_sharegpt_export_carries_labelled_rows_and_the_system_prompt(tmp_path):
-    variant = PromptVariant("sys", system_prompt="你是分类器")
+    variant = make_variant("sys", system_prompt="你是分类器")
     table = build_prompt_table(records(), {}, variant, LABELS)
     exported = to_sharegpt(table)
     assert len(exported) == 1 and exported[0]["system"] == "你是分类器"
@@ -95,14 +99,14 @@ def test_sharegpt_export_carries_labelled_rows_and_the_system_prompt(tmp_path):
 
 
 def test_describe_then_classify_puts_the_description_between_the_task_and_the_label_list():
-    variant = PromptVariant("d", describe=True, describe_max_chars=12)
+    variant = make_variant("d", describe=True, describe_max_chars=12)
     prompt = build_prompt(variant, LABELS, "", "顶部写着 退款详情,  下方是退款进度和金额")
     head, labels_part = baseline_prompt(LABELS).split("以下是可以参考的分类标签")
     assert prompt == f"{head}图片描述:顶部写着 退款详情, 下\n以下是可以参考的分类标签{labels_part}"
 
 
 def test_teacher_text_is_used_by_image_and_label_and_the_template_fills_the_gaps(caplog):
-    variant = PromptVariant("rd", reason=True, describe=True)
+    variant = make_variant("rd", reason=True, describe=True)
     table = build_prompt_table(
         records(),
         {"s1": "退款成功", "s2": "支付宝"},
@@ -126,7 +130,7 @@ def test_teacher_text_is_used_by_image_and_label_and_the_template_fills_the_gaps
 
 
 def test_without_a_teacher_describe_variants_state_the_ocr_text():
-    table = build_prompt_table(records(), {"s1": "退款 成功"}, PromptVariant("d", describe=True), LABELS)
+    table = build_prompt_table(records(), {"s1": "退款 成功"}, make_variant("d", describe=True), LABELS)
     assert "图片描述:一张含有文字的图片,可见文字:退款 成功\n" in table.loc[0, "prompt"]
     assert "图片描述:一张几乎没有文字的图片\n" in table.loc[1, "prompt"]
     assert "OCR" not in table.loc[0, "prompt"]  # OCR text itself only with the ocr switch

@@ -19,7 +19,9 @@ from vlmflow.data.labels import baseline_prompt, label_names, load_labels
 from vlmflow.demo.tiny_model import build_tiny_model
 from vlmflow.model.families import FAMILIES, family_of
 from vlmflow.model.scoring import extract_reason, load_scorer, reason_slot, score_table
-from vlmflow.prompting.prompts import PromptVariant, answer_around_label, write_llamafactory_dataset
+from vlmflow.prompting.prompts import answer_around_label, write_llamafactory_dataset
+
+from helpers.variants import make_variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 LABELS = load_labels(REPO / "config" / "labels.yaml")
 NAMES = label_names(LABELS)
 PROMPT = baseline_prompt(LABELS)
-REASON_BEFORE, REASON_AFTER = answer_around_label(PromptVariant("r", reason=True), "图中有物流轨迹")
+REASON_BEFORE, REASON_AFTER = answer_around_label(make_variant("r", reason=True), "图中有物流轨迹")
 
 
 def random_image(width: int, height: int, seed: int) -> Image.Image:
@@ -223,13 +225,13 @@ def prompt_rows(tmp_path: Path, prompt: str = PROMPT) -> pd.DataFrame:
 @pytest.mark.parametrize(
     "variant",
     [
-        PromptVariant("plain"),
-        PromptVariant("reason_first", reason=True),
-        PromptVariant("label_first", reason=True, reason_first=False),
+        make_variant("plain"),
+        make_variant("reason_first", reason=True),
+        make_variant("label_first", reason=True, reason_order="label_first"),
     ],
     ids=lambda variant: variant.name,
 )
-def test_score_table_rows_columns_and_argmax(scorer, tmp_path: Path, variant: PromptVariant) -> None:
+def test_score_table_rows_columns_and_argmax(scorer, tmp_path: Path, variant) -> None:
     table = score_table(scorer, prompt_rows(tmp_path), NAMES, variant, reason_max_new_tokens=4)
     probability_columns = [f"p::{name}" for name in NAMES]
     assert list(table.columns) == ["id", *probability_columns, "predicted", "generated"]
@@ -243,7 +245,7 @@ def test_score_table_rows_columns_and_argmax(scorer, tmp_path: Path, variant: Pr
 
 
 def test_reason_slot_and_extraction_round_trip() -> None:
-    variant = PromptVariant("r", reason=True)
+    variant = make_variant("r", reason=True)
     head, tail = reason_slot(variant)
     assert (head, tail) == ('{"理由": "', '", "所属类别": "')
     generated = '图中有\\"物流\\"轨迹' + tail  # JSON-escaped quotes, as the model writes them

@@ -116,7 +116,8 @@ def demo_prompts(workdir: Path, labels, images: int):
     import pandas as pd
 
     from vlmflow.demo.dataset import generate_demo_dataset
-    from vlmflow.prompting.prompts import PromptVariant, build_prompt_table
+    from vlmflow.prompting.prompts import build_prompt_table
+    from vlmflow.prompting.variants import PromptVariant
 
     demo_dir = workdir / "demo"
     generate_demo_dataset(demo_dir, labels, n_train=images, n_test=0, flip_fraction=0.0, seed=0)
@@ -130,7 +131,11 @@ def demo_prompts(workdir: Path, labels, images: int):
             "label": [document["output"] for document in documents],
         }
     )
-    return build_prompt_table(records, {}, PromptVariant("baseline"), labels)
+    # The baseline variant: every switch at the schema's default, as the workflow would validate it.
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text(encoding="utf-8"))
+    switches = schema["properties"]["variants"]["items"]["properties"]
+    defaults = {key: spec["default"] for key, spec in switches.items() if "default" in spec}
+    return build_prompt_table(records, {}, PromptVariant.from_config({"name": "baseline", **defaults}), labels)
 
 
 def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:

@@ -8,7 +8,7 @@ rule account_records:
         records=expand("results/data/{split}.parquet", split=SPLITS),
         rejected=expand("results/data/{split}_rejected.csv", split=SPLITS),
         counts=expand("results/data/{split}_counts.json", split=SPLITS),
-        ocr=prompt_ocr_table,
+        ocr=ocr_table_if_needed,
         prompts="results/{variant}/prompts.parquet",
         folds="results/folds/folds.csv",
         folds_report="results/folds/report.json",

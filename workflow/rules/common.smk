@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vlmflow.model.families import base_model as resolve_base_model
 from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
+from vlmflow.prompting.variants import PromptVariant
 from vlmflow.tracking.offline import unreachable_notice
 from vlmflow.recipe.stages import (
     AVERAGE_FOLDS,
@@ -23,7 +24,10 @@ BASE_MODEL, MODEL_FAMILY = resolve_base_model(
     config["model"]["name_or_path"], config["demo"]["model_family"]
 )
 DEEPSPEED_DIR = Path(workflow.basedir) / "config" / "deepspeed"
+# Each variant's validated switches (a rule's params: editing them reruns its jobs) and the variant itself,
+# which answers what it needs.
 VARIANTS = {variant["name"]: variant for variant in config["variants"]}
+VARIANT = {name: PromptVariant.from_config(entry) for name, entry in VARIANTS.items()}
 FOLDS = list(range(config["train"]["folds"]))
 
 LABELS = load_labels(config["labels"])
@@ -106,9 +110,10 @@ def variant_settings(wildcards):
 
 
 def ocr_table_if_needed(wildcards):
-    """Only variants that put OCR text in the prompt or the reason wait for OCR."""
-    settings = VARIANTS[wildcards.variant]
-    return "results/ocr/ocr.parquet" if settings["ocr"] or settings["reason"] else []
+    """Only variants that read OCR text (prompt, template reasons or descriptions) wait for OCR."""
+    if VARIANT[wildcards.variant].reads_ocr(teacher=teacher_configured()):
+        return "results/ocr/ocr.parquet"
+    return []
 
 
 def ocr_engine_options():
@@ -250,47 +255,38 @@ def teacher_describe_prompt(wildcards):
 
 
 def reason_max_chars(wildcards):
-    return VARIANTS[wildcards.variant]["reason_max_chars"]
+    return VARIANT[wildcards.variant].reason_max_chars
 
 
 def describe_max_chars(wildcards):
-    return VARIANTS[wildcards.variant]["describe_max_chars"]
+    return VARIANT[wildcards.variant].describe_max_chars
 
 
 def teacher_reasons_if_needed(wildcards):
     """A reason variant's teacher reasons, when a teacher is configured."""
-    if teacher_configured() and VARIANTS[wildcards.variant]["reason"]:
+    if VARIANT[wildcards.variant].reads_teacher_reasons(teacher=teacher_configured()):
         return f"results/{wildcards.variant}/teacher/reasons.parquet"
     return []
 
 
 def teacher_descriptions_if_needed(wildcards):
     """A describe variant's teacher descriptions, when a teacher is configured."""
-    if teacher_configured() and VARIANTS[wildcards.variant]["describe"]:
+    if VARIANT[wildcards.variant].reads_teacher_descriptions(
+        teacher=teacher_configured()
+    ):
         return f"results/{wildcards.variant}/teacher/descriptions.parquet"
     return []
 
 
-def prompt_ocr_table(wildcards):
-    """OCR as ocr_table_if_needed, plus describe variants without a teacher.
-
-    Their template description states the image's OCR text.
-    """
-    settings = VARIANTS[wildcards.variant]
-    if settings["describe"] and not teacher_configured():
-        return "results/ocr/ocr.parquet"
-    return ocr_table_if_needed(wildcards)
-
-
 def reason_variants():
-    return [name for name, settings in VARIANTS.items() if settings["reason"]]
+    return [name for name, variant in VARIANT.items() if variant.reason]
 
 
 def reason_diversity_if_needed(wildcards):
     """The variant's reason diversity report, e.g. for its MLflow logging: a list, empty unless the
     variant has reasons (a script iterates it; a bare path would be iterated character by character).
     """
-    if VARIANTS[wildcards.variant]["reason"]:
+    if VARIANT[wildcards.variant].reason:
         return [f"results/{wildcards.variant}/reason_diversity.json"]
     return []
 

@@ -6,7 +6,7 @@
 rule build_prompts:
     input:
         records=expand("results/data/{split}.parquet", split=SPLITS),
-        ocr=prompt_ocr_table,
+        ocr=ocr_table_if_needed,
         teacher_reasons=teacher_reasons_if_needed,
         teacher_descriptions=teacher_descriptions_if_needed,
         labels=config["labels"],

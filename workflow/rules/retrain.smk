@@ -8,7 +8,7 @@ rule build_final_training_set:
         records=final_training_labels,
         test_records="results/data/test.parquet",
         pseudo_labels=round_pseudo_labels,
-        ocr=prompt_ocr_table,
+        ocr=ocr_table_if_needed,
         teacher_reasons=teacher_reasons_if_needed,
         teacher_descriptions=teacher_descriptions_if_needed,
         general=general_data(),

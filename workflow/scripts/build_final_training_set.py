@@ -6,8 +6,8 @@ import pandas as pd
 
 from vlmflow.data.labels import load_labels
 from vlmflow.prompting.general_data import read_general_records
-from vlmflow.prompting.prompts import PromptVariant
-from vlmflow.prompting.teacher import descriptions_by_image, reasons_by_image_and_label
+from vlmflow.prompting.prompts import read_prompt_inputs
+from vlmflow.prompting.variants import PromptVariant
 from vlmflow.recipe.final_training import build_final_training_set, final_training_records
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
@@ -17,24 +17,22 @@ output = staged(snakemake.output)  # renamed into place by commit(): never half-
 test_records = pd.read_parquet(snakemake.input.test_records)
 pseudo = pd.read_csv(snakemake.input.pseudo_labels) if snakemake.input.pseudo_labels else None
 records = final_training_records(pd.read_parquet(snakemake.input.records), pseudo, test_records)
-ocr = pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else pd.DataFrame(columns=["image_sha256", "text"])
-reasons, descriptions = snakemake.input.teacher_reasons, snakemake.input.teacher_descriptions
 general = (
     read_general_records(snakemake.input.general[0], snakemake.params.general_format) if snakemake.input.general else []
 )
 prompts, general_sample, report = build_final_training_set(
     records,
-    dict(zip(ocr["image_sha256"], ocr["text"], strict=True)),  # by image, as build_prompts does
-    PromptVariant.from_config(snakemake.params.variant),
-    load_labels(snakemake.input.labels),
+    variant=PromptVariant.from_config(snakemake.params.variant),
+    labels=load_labels(snakemake.input.labels),
     class_floor=snakemake.params.class_floor,
     general_records=general,
     general_ratio=snakemake.params.general_ratio,
     seed=snakemake.params.seed,
     warn_chars=snakemake.params.warn_chars,
     max_chars=snakemake.params.max_chars,
-    teacher_reasons=reasons_by_image_and_label(pd.read_parquet(reasons)) if reasons else None,
-    teacher_descriptions=descriptions_by_image(pd.read_parquet(descriptions)) if descriptions else None,
+    **read_prompt_inputs(  # as build_prompts reads them, so the final model trains on the prompts it is scored with
+        snakemake.input.ocr, snakemake.input.teacher_reasons, snakemake.input.teacher_descriptions
+    ),
 )
 prompts.to_parquet(output.prompts, index=False)
 with open(output.general, "w", encoding="utf-8") as general_file:

@@ -4,7 +4,7 @@ import pandas as pd
 
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.model.scoring import load_scorer, score_table
-from vlmflow.prompting.prompts import PromptVariant
+from vlmflow.prompting.variants import PromptVariant
 from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged

@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from vlmflow.model.families import ModelFamily, family_of
-from vlmflow.prompting.prompts import PromptVariant, answer_around_label
+from vlmflow.prompting.prompts import answer_around_label
+from vlmflow.prompting.variants import PromptVariant
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def score_table(
     ``prompts`` has id, image_path, prompt and system. Reason-first variants generate the reason greedily
     (at most ``reason_max_new_tokens``, within the task's 100 output tokens), then score the label slot.
     """
-    generate_reason = variant.reason and variant.reason_first
+    generate_reason = variant.generates_reason
     head, tail = reason_slot(variant) if generate_reason else ("", "")
     rows, started = [], time.monotonic()
     for done, row in enumerate(prompts.itertuples(index=False), start=1):

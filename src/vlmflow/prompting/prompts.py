@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from vlmflow.data.labels import PROMPT_HEAD, Label, baseline_prompt, described_prompt
+from vlmflow.prompting.variants import PromptVariant
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +27,6 @@ PROMPT_COLUMNS = ["id", "split", "image_path", "image_sha256", "system", "prompt
 
 class PromptTooLongError(ValueError):
     """A prompt is over the hard character limit (the recipe saw long prompts hurt)."""
-
-
-@dataclass(frozen=True)
-class PromptVariant:
-    name: str
-    label_descriptions: bool = False
-    ocr: bool = False
-    ocr_max_chars: int = 300
-    reason: bool = False
-    reason_first: bool = True  # label first gave label/reason inconsistencies in the recipe
-    reason_max_chars: int = 50
-    describe: bool = False  # describe-then-classify: the image's description comes before the label list
-    describe_max_chars: int = 150
-    system_prompt: str | None = None
-
-    @classmethod
-    def from_config(cls, entry: dict) -> PromptVariant:
-        return cls(
-            name=entry["name"],
-            label_descriptions=entry.get("label_descriptions", False),
-            ocr=entry.get("ocr", False),
-            ocr_max_chars=entry.get("ocr_max_chars", 300),
-            reason=entry.get("reason", False),
-            reason_first=entry.get("reason_order", "reason_first") == "reason_first",
-            reason_max_chars=entry.get("reason_max_chars", 50),
-            describe=entry.get("describe", False),
-            describe_max_chars=entry.get("describe_max_chars", 150),
-            system_prompt=entry.get("system_prompt"),
-        )
 
 
 # A reason source maps (gold label, OCR text, length limit) to a short reason. Teachers plug in here.
@@ -116,6 +87,26 @@ def answer_around_label(variant: PromptVariant, reason: str | None = None) -> tu
     return before, after
 
 
+def read_prompt_inputs(
+    ocr: str | Path | None, teacher_reasons: str | Path | None, teacher_descriptions: str | Path | None
+) -> dict:
+    """A variant's prompt inputs from the tables its rule reads (None: the variant reads none), as the
+    keyword arguments of ``build_prompt_table``: OCR text by image sha256, teacher reasons by (sha256,
+    label), teacher descriptions by sha256."""
+    inputs = {"ocr_text": {}, "teacher_reasons": None, "teacher_descriptions": None}
+    if ocr:
+        table = pd.read_parquet(ocr)
+        inputs["ocr_text"] = dict(zip(table["image_sha256"], table["text"], strict=True))
+    if teacher_reasons:
+        table = pd.read_parquet(teacher_reasons)
+        rows = zip(table["image_sha256"], table["label"], table["text"], strict=True)
+        inputs["teacher_reasons"] = {(sha, label): text for sha, label, text in rows}
+    if teacher_descriptions:
+        table = pd.read_parquet(teacher_descriptions)
+        inputs["teacher_descriptions"] = dict(zip(table["image_sha256"], table["text"], strict=True))
+    return inputs
+
+
 def build_prompt_table(
     records: pd.DataFrame,
     ocr_text: dict[str, str],
@@ -139,7 +130,7 @@ def build_prompt_table(
     rows, too_long = [], []
     fallbacks = {"reason": 0, "description": 0}
     for record in records.itertuples(index=False):
-        text = ocr_text.get(record.image_sha256, "") if variant.ocr or variant.reason or variant.describe else ""
+        text = ocr_text.get(record.image_sha256, "")  # given only to variants that read it (PromptVariant.reads_ocr)
         description = ""
         if variant.describe:
             description = (teacher_descriptions or {}).get(record.image_sha256)

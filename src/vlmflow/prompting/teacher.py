@@ -426,14 +426,3 @@ def _send(
         # On an interruption, drop what has not started; answers already cached survive for the rerun.
         pool.shutdown(wait=True, cancel_futures=True)
     return errors
-
-
-def reasons_by_image_and_label(table: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """A reasons table (``teacher_reasons`` rule) as {(image sha256, label): reason}."""
-    rows = zip(table["image_sha256"], table["label"], table["text"], strict=True)
-    return {(sha, label): text for sha, label, text in rows}
-
-
-def descriptions_by_image(table: pd.DataFrame) -> dict[str, str]:
-    """A descriptions table (``teacher_descriptions`` rule) as {image sha256: description}."""
-    return dict(zip(table["image_sha256"], table["text"], strict=True))

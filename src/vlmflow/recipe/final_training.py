@@ -15,7 +15,8 @@ import pandas as pd
 
 from vlmflow.data.labels import Label
 from vlmflow.prompting.general_data import sample_general_records
-from vlmflow.prompting.prompts import PromptVariant, build_prompt_table
+from vlmflow.prompting.prompts import build_prompt_table
+from vlmflow.prompting.variants import PromptVariant
 from vlmflow.recipe.pseudo import pseudo_training_records
 
 log = logging.getLogger(__name__)
