@@ -10,6 +10,7 @@ from vlmflow.prompting.prompts import (
     build_prompt,
     build_prompt_table,
     build_target,
+    template_cot_reason,
     to_sharegpt,
     write_llamafactory_dataset,
 )
@@ -134,3 +135,31 @@ def test_without_a_teacher_describe_variants_state_the_ocr_text():
     assert "图片描述:一张含有文字的图片,可见文字:退款 成功\n" in table.loc[0, "prompt"]
     assert "图片描述:一张几乎没有文字的图片\n" in table.loc[1, "prompt"]
     assert "OCR" not in table.loc[0, "prompt"]  # OCR text itself only with the ocr switch
+
+
+def test_a_cot_variant_asks_for_a_step_by_step_analysis_before_the_label():
+    variant = make_variant("cot", ocr=True, reason=True, cot=True, reason_max_chars=80)
+    prompt = build_prompt(variant, LABELS, "退款成功")
+    assert "理由是一步一步的分析:先写图中看到的内容,再写判断依据,最后写结论,不超过80字" in prompt
+    assert prompt.count("请以JSON格式回答") == 1  # the analysis replaces the one-line reason's instruction
+    table = build_prompt_table(records(), {"s1": "退款成功 金额"}, variant, LABELS)
+    target = json.loads(table.loc[0, "target"])
+    assert list(target) == ["理由", "所属类别"] and target["所属类别"] == "退款页面"
+    # Without a teacher the template writes the three steps, from the OCR text to the label.
+    assert target["理由"] == "第一步,图中可见文字“退款成功 金额”;第二步,含有退款信息的页面;第三步,因此属于退款页面。"
+    assert len(template_cot_reason(LABELS[0], "退款成功 " * 30, 40)) == 40
+    assert variant.generates_reason  # scoring writes the analysis, then scores the label after it
+
+
+def test_a_cot_variant_trains_on_the_teachers_analysis():
+    variant = make_variant("cot", reason=True, cot=True, reason_max_chars=80)
+    analysis = "第一步,页面顶部写着退款详情;第二步,有退款金额和进度;第三步,属于退款页面。"
+    table = build_prompt_table(records(), {}, variant, LABELS, teacher_reasons={("s1", "退款页面"): analysis})
+    assert json.loads(table.loc[0, "target"])["理由"] == analysis
+
+
+def test_cot_without_a_reason_first_is_refused_naming_the_variant():
+    with pytest.raises(ValueError, match="variant c: cot needs reason: true and reason_order: reason_first"):
+        make_variant("c", cot=True)
+    with pytest.raises(ValueError, match="variant c: cot needs"):
+        make_variant("c", cot=True, reason=True, reason_order="label_first")

@@ -520,3 +520,29 @@ def test_reason_and_describe_variants_take_the_teachers_text_through_the_workflo
     assert pd.read_parquet(tmp_path / "results/reason/teacher/reasons.parquet")["from_cache"].all()
     assert pd.read_parquet(tmp_path / "results/describe_then_classify/teacher/descriptions.parquet")["from_cache"].all()
     assert pd.read_parquet(tmp_path / "results/reason/prompts.parquet").equals(prompts)
+
+
+@pytest.mark.slow
+def test_a_cot_variant_asks_the_teacher_for_a_step_by_step_analysis_and_trains_on_it(
+    llamafactory_api, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    cache = tmp_path / "teacher_cache"
+    config = small_demo_config(
+        tmp_path,
+        demo={"n_train": 8, "n_test": 2},
+        variants=[{"name": "cot", "ocr": True, "reason": True, "cot": True, "reason_max_chars": 80}],
+        teacher={"base_url": llamafactory_api.url, "model": "tiny", "api_key_env": KEY_ENV, "cache_dir": str(cache)},
+    )
+    run_snakemake(tmp_path, config, "--cores", "2", "results/cot/prompts.parquet")
+
+    asked = [json.loads(path.read_text(encoding="utf-8")) for path in cache.rglob("*.json")]
+    reasons = pd.read_parquet(tmp_path / "results/cot/teacher/reasons.parquet")
+    assert len(asked) == len(reasons) == 8
+    for entry in asked:  # the schema's cot_prompt, filled in for the image's gold label
+        assert "请一步一步分析" in entry["prompt"] and "一共不超过80字" in entry["prompt"]
+    prompts = pd.read_parquet(tmp_path / "results/cot/prompts.parquet")
+    train = prompts[prompts["split"] == "train"]
+    assert train["prompt"].str.contains("理由是一步一步的分析").all()
+    by_image = dict(zip(reasons["image_sha256"], reasons["text"], strict=True))
+    assert [json.loads(t)["理由"] for t in train["target"]] == [by_image[sha] for sha in train["image_sha256"]]

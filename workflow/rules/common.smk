@@ -247,7 +247,7 @@ def teacher_answer_settings():
 
 # Functions, not strings: Snakemake would read the prompts' {label} and {max_chars} as wildcards.
 def teacher_reason_prompt(wildcards):
-    return TEACHER["reason_prompt"]
+    return TEACHER["cot_prompt" if VARIANT[wildcards.variant].cot else "reason_prompt"]
 
 
 def teacher_describe_prompt(wildcards):

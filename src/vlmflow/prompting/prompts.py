@@ -41,6 +41,15 @@ def template_reason(label: Label, ocr_text: str, max_chars: int = 50) -> str:
     return reason[:max_chars]
 
 
+def template_cot_reason(label: Label, ocr_text: str, max_chars: int = 80) -> str:
+    """A deterministic step-by-step analysis (a cot variant without a teacher): what the image shows, what
+    points to the class, the conclusion."""
+    evidence = " ".join(ocr_text.split()[:3])
+    seen = f"图中可见文字“{evidence}”" if evidence else "图中几乎没有文字"
+    basis = label.description or label.name
+    return f"第一步,{seen};第二步,{basis};第三步,因此属于{label.name}。"[:max_chars]
+
+
 def template_description(ocr_text: str, max_chars: int = 150) -> str:
     """A deterministic stand-in for a teacher's description (no teacher configured): what text the image shows."""
     text = " ".join(ocr_text.split())
@@ -57,7 +66,12 @@ def build_prompt(variant: PromptVariant, labels: list[Label], ocr_text: str, des
     if variant.ocr:
         text = " ".join(ocr_text.split())[: variant.ocr_max_chars] or "(无)"
         prompt += f"\n图片中的OCR文字:{text}"
-    if variant.reason:
+    if variant.cot:
+        prompt += (
+            f"\n请以JSON格式回答,依次给出{REASON_KEY}、{LABEL_KEY}。{REASON_KEY}是一步一步的分析:先写图中看到的内容,"
+            f"再写判断依据,最后写结论,不超过{variant.reason_max_chars}字;{LABEL_KEY}必须是分类标签之一。"
+        )
+    elif variant.reason:
         order = f"{REASON_KEY}、{LABEL_KEY}" if variant.reason_first else f"{LABEL_KEY}、{REASON_KEY}"
         prompt += (
             f"\n请以JSON格式回答,依次给出{order},{REASON_KEY}不超过{variant.reason_max_chars}字,"
@@ -145,7 +159,8 @@ def build_prompt_table(
                 reason = (teacher_reasons or {}).get((record.image_sha256, record.label))
                 if reason is None:
                     fallbacks["reason"] += teacher_reasons is not None
-                    reason = reason_source(by_name[record.label], text, variant.reason_max_chars)
+                    template = template_cot_reason if variant.cot else reason_source
+                    reason = template(by_name[record.label], text, variant.reason_max_chars)
             target = build_target(variant, record.label, reason)
         if len(prompt) > max_chars:
             too_long.append(f"{record.id} ({len(prompt)} characters)")

@@ -26,6 +26,11 @@ class PromptVariant:
     describe: bool  # describe-then-classify: the image's description comes before the label list
     describe_max_chars: int
     system_prompt: str | None
+    cot: bool  # the reason is a step-by-step analysis (chain of thought) before the label
+
+    def __post_init__(self) -> None:
+        if self.cot and not (self.reason and self.reason_first):
+            raise ValueError(f"variant {self.name}: cot needs reason: true and reason_order: reason_first")
 
     @classmethod
     def from_config(cls, entry: dict) -> PromptVariant:
