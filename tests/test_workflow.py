@@ -29,17 +29,22 @@ ACROSS_VARIANTS = {"summarize_ablation", "write_summary_page", "write_run_config
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_through_every_rule(demo_run):
-    workdir, config = demo_run.workdir, copy.deepcopy(demo_run.config)
-
-    # Ingestion: every generated record arrives, the labels as given (noisy), none for test.
+def test_ingestion_keeps_every_generated_record_with_its_given_label(demo_run):
+    """The end-to-end run (tests/conftest.py demo_run) is checked stage by stage below; this is ingestion."""
+    workdir = demo_run.workdir
     truth = pd.read_csv(workdir / "resources/demo/truth.csv")
+    # Ingestion: every generated record arrives, the labels as given (noisy), none for test.
     for split, size in (("train", 40), ("test", 12)):
         counts = json.loads((workdir / f"results/data/{split}_counts.json").read_text())
         assert counts["records_in"] == size == counts["records_out"] + counts["rejected"]
     train = pd.read_parquet(workdir / "results/data/train.parquet")
     assert list(train["label"]) == list(truth.set_index("id").loc[train["id"], "given_label"])
 
+
+@pytest.mark.slow
+def test_only_the_ocr_variants_prompts_carry_ocr_text(demo_run):
+    """Same records in every variant; OCR text only where a variant asks for it."""
+    workdir = demo_run.workdir
     # Prompts: the OCR variant carries OCR text, the baseline does not; same records in both.
     baseline = pd.read_parquet(workdir / "results/baseline/prompts.parquet")
     with_ocr = pd.read_parquet(workdir / "results/baseline_ocr/prompts.parquet")
@@ -47,6 +52,12 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert with_ocr["prompt"].str.contains("图片中的OCR文字:").all()
     assert not baseline["prompt"].str.contains("OCR").any()
 
+
+@pytest.mark.slow
+def test_every_held_out_and_test_record_gets_one_probability_per_label(demo_run):
+    """Scoring and the variant metrics."""
+    workdir = demo_run.workdir
+    train = pd.read_parquet(workdir / "results/data/train.parquet")
     # Scoring: one probability per label per held-out record, summing to 1; every train record once.
     for variant in ("baseline", "baseline_ocr"):
         oof = pd.read_parquet(workdir / f"results/{variant}/oof_probs.parquet")
@@ -58,6 +69,12 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
         metrics = json.loads((workdir / f"results/{variant}/metrics.json").read_text())
         assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
         assert (workdir / f"results/{variant}/fold0/model/training_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_the_ablation_summary_compares_every_variant(demo_run):
+    """results/summary.{md,csv,png}."""
+    workdir = demo_run.workdir
     summary = (workdir / "results/summary.md").read_text(encoding="utf-8")
     assert "baseline_ocr" in summary and "out-of-fold weighted F1" in summary
     assert "test wF1: retrain, correction + pseudo" in summary and "test wF1: averaged folds" in summary
@@ -66,7 +83,12 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert table["test_weighted_f1.retrain_correction_pseudo"].between(0, 1).all()
     assert (workdir / "results/summary.png").stat().st_size > 10_000
 
-    # MLflow: a parent run per variant, a nested run per fold with its loss curve and metrics.
+
+@pytest.mark.slow
+def test_mlflow_holds_a_run_per_variant_fold_and_final_model(demo_run):
+    """The MLflow store of the run."""
+    workdir = demo_run.workdir
+    # A parent run per variant, a nested run per fold with its loss curve and metrics.
     client = MlflowClient(f"sqlite:///{workdir / 'results/mlflow.db'}")
     experiment = client.get_experiment_by_name("vlmflow")
     runs = client.search_runs([experiment.experiment_id])
@@ -102,6 +124,11 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
                 "per_class_report.csv",
             } <= artifacts
 
+
+@pytest.mark.slow
+def test_label_correction_pseudo_labels_and_the_submission_come_from_the_fold_models(demo_run):
+    """The second half of the recipe."""
+    workdir = demo_run.workdir
     # The second half of the recipe: corrections with a review page, pseudo-labels, a submission.
     corrections = pd.read_csv(workdir / "results/baseline/label_corrections.csv")
     assert list(corrections.columns) == ["id", "given", "proposed", "confidence", "method"]
@@ -125,6 +152,12 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     )
     assert retrained["test_weighted_f1"] == final["test_weighted_f1"]  # the submission is round 2's model
     assert (workdir / "results/baseline/final/model/model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_retraining_uses_corrected_labels_two_pseudo_label_rounds_balancing_and_general_data(demo_run):
+    """The retrained final models of the baseline."""
+    workdir = demo_run.workdir
     # Retraining: corrected labels, two pseudo-label rounds (round 2 learns round 1's), balanced, general data.
     round_dir = workdir / "results/baseline/retrain/correction_pseudo"
     corrected = pd.read_parquet(workdir / "results/baseline/train_corrected.parquet").set_index("id")["label"]
@@ -145,20 +178,42 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
             (round_dir / f"round{round_}/dataset/correction_pseudo_round{round_}_train.json").read_text()
         )
         assert sum("images" not in record for record in dataset) == report["general_records"]
-    # The final fit sees the prompts the fold models saw and the scorer uses (OCR text included).
+
+
+@pytest.mark.slow
+def test_final_fits_train_on_the_prompts_the_scorer_reads(demo_run):
+    """The final fit sees the prompts the fold models saw."""
+    workdir = demo_run.workdir
+    # OCR text included.
     for variant in ("baseline", "baseline_ocr", "taught"):
         final_prompts = pd.read_parquet(
             workdir / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
         )
         scored = pd.read_parquet(workdir / f"results/{variant}/prompts.parquet").set_index("id")["prompt"]
         assert (final_prompts["prompt"] == final_prompts["id"].map(scored)).all()
+
+
+@pytest.mark.slow
+def test_the_submission_names_every_test_record_with_a_known_label(demo_run):
+    """The competition format."""
+    workdir = demo_run.workdir
+    truth = pd.read_csv(workdir / "resources/demo/truth.csv")
     submission = pd.read_csv(workdir / "results/baseline/submission.csv", encoding="utf-8-sig")
     assert list(submission.columns) == ["id", "predict"]
     assert sorted(submission["id"]) == sorted(truth.loc[truth["split"] == "test", "id"])
     assert submission["predict"].isin([label.name for label in load_labels(REPO / "config/labels.yaml")]).all()
 
+
+@pytest.mark.slow
+def test_the_teachers_text_reaches_training(demo_run):
+    """The `taught` variant."""
     assert_the_teachers_text_reaches_training(demo_run)
 
+
+@pytest.mark.slow
+def test_everything_the_report_shows_is_made(demo_run):
+    """Loss curves, pseudo-labels, the review page, the summary page, the configuration."""
+    workdir = demo_run.workdir
     # Made for the report: loss curves, pseudo-labels per class, the review page with its images inlined,
     # the summary as a page, the configuration with its defaults.
     for variant in ("baseline", "baseline_ocr", "taught"):
@@ -173,6 +228,11 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert run_config["train"]["folds"] == 2 and run_config["mlflow"]["experiment"] == "vlmflow"  # a default
     assert "out-of-fold weighted F1" in (workdir / "results/summary.html").read_text(encoding="utf-8")
 
+
+@pytest.mark.slow
+def test_every_rule_of_the_workflow_made_something(demo_run):
+    """The target rule `all` makes nothing."""
+    workdir = demo_run.workdir
     # Every rule of the workflow made something in this run (the target rule `all` makes nothing).
     defined = {
         name
@@ -182,6 +242,11 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     ran = {json.loads(path.read_text())["rule"] for path in (workdir / ".snakemake/metadata").iterdir()}
     assert defined - ran == {"all"}
 
+
+@pytest.mark.slow
+def test_a_variant_edit_reruns_only_that_variants_jobs_and_no_ocr(demo_run):
+    """Nothing left to do, then one switch of one variant changed (in a copy of the config)."""
+    workdir, config = demo_run.workdir, copy.deepcopy(demo_run.config)
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(workdir, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
@@ -192,29 +257,36 @@ def test_demo_runs_end_to_end_through_every_rule(demo_run):
     assert not any(rule.startswith("ocr") or rule in ("merge_ocr", "ingest_records") for rule, _ in planned)
     assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline_ocr"}
 
+
+@pytest.mark.slow
+def test_writing_an_override_file_reruns_only_that_variants_correction_and_what_reads_it(demo_run):
+    """The user's label decisions for one variant."""
+    workdir, config = demo_run.workdir, copy.deepcopy(demo_run.config)
+    train = pd.read_parquet(workdir / "results/data/train.parquet")
     # Writing the baseline's override file reruns exactly the baseline's correction and what reads it.
-    config["variants"][1].pop("ocr_max_chars")
     overrides = workdir / "config/label_overrides/baseline.csv"
     overrides.parent.mkdir(parents=True)
-    overrides.write_text(f"id,action,label\n{train['id'][0]},relabel,退款页面\n", encoding="utf-8")
-    planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
-    assert {rule for rule, _ in planned} == {
-        "correct_labels",
-        "build_final_training_set",
-        "train_final",
-        "score_final_model",
-        "evaluate_final_model",
-        "select_round_pseudo_labels",
-        "write_submission",
-        "evaluate_submission",
-        "log_variant_to_mlflow",
-        "summarize_ablation",
-        "embed_review_images",
-        "write_summary_page",
-    }
-    assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline"}
-    assert sum(rule == "train_final" for rule, _ in planned) == 2  # both rounds; no fold model retrains
-    overrides.unlink()  # the run is shared: the report and MLflow UI tests read it as it was
+    try:
+        overrides.write_text(f"id,action,label\n{train['id'][0]},relabel,退款页面\n", encoding="utf-8")
+        planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
+        assert {rule for rule, _ in planned} == {
+            "correct_labels",
+            "build_final_training_set",
+            "train_final",
+            "score_final_model",
+            "evaluate_final_model",
+            "select_round_pseudo_labels",
+            "write_submission",
+            "evaluate_submission",
+            "log_variant_to_mlflow",
+            "summarize_ablation",
+            "embed_review_images",
+            "write_summary_page",
+        }
+        assert {wildcards.get("variant") for rule, wildcards in planned if rule not in ACROSS_VARIANTS} == {"baseline"}
+        assert sum(rule == "train_final" for rule, _ in planned) == 2  # both rounds; no fold model retrains
+    finally:
+        overrides.unlink()  # the run is shared: the report and MLflow UI tests read it as it was
 
 
 def assert_the_teachers_text_reaches_training(demo_run) -> None:
