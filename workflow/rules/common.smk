@@ -76,9 +76,24 @@ def base_model():
     return [BASE_MODEL] if demo_family(BASE_MODEL) else []
 
 
-def base_model_name(wildcards, input):
-    """What LLaMA-Factory loads: the built demo model's folder, or the configured hub id or path."""
-    return input.base_model[0] if input.base_model else BASE_MODEL
+def training_settings(wildcards, input):
+    """What every fine-tune (fold or final) trains with, as train_model's arguments: the base model (the
+    built demo model's folder, or the configured hub id or path), the family's LLaMA-Factory template
+    and the fine-tuning method, the hyper-parameters, DeepSpeed ranks and the seed."""
+    method = config["train"]["finetuning_type"]
+    return {
+        "model": input.base_model[0] if input.base_model else BASE_MODEL,
+        "fine_tuning": {
+            "template": MODEL_FAMILY.template,
+            "finetuning_type": method,
+            "method": config["train"].get(method, {}),
+        },
+        "hyperparameters": config["train"]["hyperparameters"],
+        # DeepSpeed ranks per fine-tune: train.processes, else one per GPU.
+        "processes": config["train"]["processes"]
+        or max(1, config["train"]["gpus_per_run"]),
+        "seed": config["train"]["seed"],
+    }
 
 
 def image_pixel_limits():
@@ -93,16 +108,6 @@ def image_pixel_limits():
 def demo_model_family(wildcards):
     """The family of the demo model folder being built (resources/demo/tiny-<family>)."""
     return demo_family(f"resources/demo/tiny-{wildcards.demo_model}").model_type
-
-
-def fine_tuning(wildcards):
-    """How every fine-tune trains: the family's LLaMA-Factory template and the fine-tuning method."""
-    method = config["train"]["finetuning_type"]
-    return {
-        "template": MODEL_FAMILY.template,
-        "finetuning_type": method,
-        "method": config["train"].get(method, {}),
-    }
 
 
 def variant_settings(wildcards):
@@ -125,11 +130,6 @@ def ocr_engine_options():
 def deepspeed_config():
     name = config["train"]["deepspeed"]
     return [] if name == "none" else str(DEEPSPEED_DIR / f"{name}.json")
-
-
-def training_processes():
-    """DeepSpeed ranks per fine-tune: train.processes, else one per GPU."""
-    return config["train"]["processes"] or max(1, config["train"]["gpus_per_run"])
 
 
 def truth_file():

@@ -54,11 +54,7 @@ rule train_final:
     resources:
         gpu=config["train"]["gpus_per_run"],
     params:
-        model=base_model_name,
-        fine_tuning=fine_tuning,
-        hyperparameters=config["train"]["hyperparameters"],
-        processes=training_processes(),
-        seed=config["train"]["seed"],
+        training=training_settings,
     script:
         "../scripts/train_final.py"
 

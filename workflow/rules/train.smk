@@ -58,10 +58,6 @@ rule train_fold:
     resources:
         gpu=config["train"]["gpus_per_run"],
     params:
-        model=base_model_name,
-        fine_tuning=fine_tuning,
-        hyperparameters=config["train"]["hyperparameters"],
-        processes=training_processes(),
-        seed=config["train"]["seed"],
+        training=training_settings,
     script:
         "../scripts/train_fold.py"

@@ -24,6 +24,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.outputs import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,32 @@ def start_child_run(
 def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int) -> str:
     """The child run of one fold's fine-tune."""
     return start_child_run(client, experiment_id, parent_run_id, variant, f"fold{fold}", fold=str(fold), level="fold")
+
+
+def tracked_fine_tune(
+    *,
+    parent_run: str | Path,
+    run_file: str | Path,
+    model_dir: str | Path,
+    variant: str,
+    name: str,
+    gpus: int,
+    train: Callable[[dict[str, str]], Path],
+    **tags: str,
+) -> None:
+    """One fine-tune in a child run of its variant's MLflow run, for fold and final fits alike.
+
+    Starts the run ``<variant>/<name>`` with ``tags``, leases ``gpus`` distinct devices (Snakemake only
+    counts them), calls ``train(environment)``, which passes MLflow's variables to the trainer and returns
+    its YAML's path, then attaches the YAML, loss plot and trainer state and writes the run reference.
+    """
+    parent = read_run(parent_run)
+    client = MlflowClient(parent["tracking_uri"])
+    run_id = start_child_run(client, parent["experiment_id"], parent["run_id"], variant, name, **tags)
+    with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
+        config_path = train(training_environment(parent["tracking_uri"], parent["experiment"], run_id))
+    log_training(client, run_id, config_path, model_dir)
+    write_run(run_file, parent["tracking_uri"], parent["experiment"], parent["experiment_id"], run_id)
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
