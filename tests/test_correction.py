@@ -5,6 +5,7 @@ import pytest
 from vlmflow.recipe.correction import (
     ISSUE_COLUMNS,
     apply_corrections,
+    correct_labels,
     find_label_issues,
     noise_detection_scores,
     read_overrides,
@@ -196,3 +197,31 @@ def test_correction_summary_counts_applied_and_adds_noise_scores_with_truth():
     )
     summary = correction_summary(issues, decisions, truth)
     assert summary["precision"] == 0.5 and summary["recall"] == 0.5 and summary["planted"] == 2
+
+
+def test_the_correction_stage_in_one_call_flags_applies_overrides_reviews_and_counts(demo, tmp_path):
+    oof, train, truth = demo
+    overrides = write_overrides(tmp_path / "o.csv", OVERRIDES)
+    page = tmp_path / "review" / "label_review.html"
+    ocr_text = {"r00": "退款成功"}
+    correction = correct_labels(
+        train,
+        oof,
+        LABELS,
+        method="disagreement",
+        min_confidence=0.0,
+        overrides_path=str(overrides),
+        apply="auto",
+        ocr_text=ocr_text,
+        review_html=page,
+        truth=truth,
+    )
+    # The same as the steps one by one.
+    issues = find_label_issues(oof, LABELS, "disagreement")
+    corrected, decisions = apply_corrections(train, issues, read_overrides(overrides, LABELS), "auto")
+    assert correction.issues.equals(issues) and correction.decisions.equals(decisions)
+    assert correction.corrected.equals(corrected)
+    assert correction.summary["flagged"] == len(issues) == page.read_text(encoding="utf-8").count("<img")
+    assert correction.summary["applied"] == 4  # r00 and r05 applied, r20 and r29 relabelled; r10 rejected
+    assert correction.summary == correction.summary | noise_detection_scores(issues, truth)
+    assert "退款成功" in page.read_text(encoding="utf-8")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -250,3 +251,35 @@ def correction_summary(issues: pd.DataFrame, decisions: pd.DataFrame, truth: pd.
     applied = decisions["decision"].isin(["applied", "relabelled"]).sum() if len(decisions) else 0
     summary = {"flagged": int(len(issues)), "applied": int(applied)}
     return summary | noise_detection_scores(issues, truth) if truth is not None else summary
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What the correction stage decided: flags, the decision per flag, the corrected table, the counts."""
+
+    issues: pd.DataFrame
+    decisions: pd.DataFrame
+    corrected: pd.DataFrame
+    summary: dict
+
+
+def correct_labels(
+    train: pd.DataFrame,
+    out_of_fold: pd.DataFrame,
+    labels: list[str],
+    *,
+    method: str,
+    min_confidence: float,
+    overrides_path: str,
+    apply: str,
+    ocr_text: dict[str, str],
+    review_html: Path,
+    truth: pd.DataFrame | None = None,
+) -> Correction:
+    """The correction stage in one call: flag the labels the fold models disagree with, read the user's
+    overrides, apply both, write the review page (``ocr_text`` by record id) and count (with ``truth``,
+    the demo's, how well the flags find the planted flips)."""
+    issues = find_label_issues(out_of_fold, labels, method, min_confidence=min_confidence)
+    corrected, decisions = apply_corrections(train, issues, read_overrides(overrides_path, labels), apply)
+    review_page(issues, train, ocr_text, review_html, overrides_path)
+    return Correction(issues, decisions, corrected, correction_summary(issues, decisions, truth))
