@@ -10,9 +10,10 @@ from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.tracking.offline import unreachable_notice
+from vlmflow.recipe.final_models import final_model_dir, final_model_dirs, round_dir
 from vlmflow.recipe.stages import (
     AVERAGE_FOLDS,
-    final_round,
+    FOLD_ENSEMBLE,
     retrained_model_name,
     stage_set,
     stage_set_name,
@@ -45,8 +46,10 @@ RETRAINED = list(
         + ([SUBMITTED_STAGES] if config["final"]["strategy"] == "retrain" else [])
     )
 )
-# Final models besides the fold ensemble, by name, and the one the submission comes from.
-FINAL_MODELS = [AVERAGE_FOLDS, *(retrained_model_name(stages) for stages in RETRAINED)]
+# Final models besides the fold ensemble, by name (their folders: vlmflow.recipe.final_models), and the
+# one the submission comes from.
+RETRAINED_MODELS = [retrained_model_name(stages) for stages in RETRAINED]
+FINAL_MODELS = [AVERAGE_FOLDS, *RETRAINED_MODELS]
 SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STAGES)}.get(
     config["final"]["strategy"], config["final"]["strategy"]
 )
@@ -147,39 +150,23 @@ def override_file(wildcards):
     return path if Path(path).exists() else []
 
 
-def retrained_dir(variant, stages):
-    """Where the final round's model of a stage combination lives."""
-    return f"results/{variant}/retrain/{stages}/round{final_round(stages, ROUNDS)}"
-
-
-def final_model_dirs(variant):
-    """Every final model of a variant but the fold ensemble, by name: the averaged folds and the retrained ones."""
-    dirs = {AVERAGE_FOLDS: f"results/{variant}/final"}
-    return dirs | {
-        retrained_model_name(stages): retrained_dir(variant, stages)
-        for stages in RETRAINED
-    }
-
-
 def final_model_metrics(variant):
-    return [f"{path}/test_metrics.json" for path in final_model_dirs(variant).values()]
+    """Test metrics of every final model of a variant but the fold ensemble."""
+    dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS)
+    return [f"{path}/test_metrics.json" for path in dirs.values()]
 
 
 def retrained_files(variant, name):
-    """A file of each retrained final model of a variant, in RETRAINED order."""
-    return [f"{retrained_dir(variant, stages)}/{name}" for stages in RETRAINED]
+    """A file of each retrained final model of a variant (scripts key them by final_model_of)."""
+    dirs = final_model_dirs(variant, RETRAINED_MODELS, ROUNDS)
+    return [f"{path}/{name}" for path in dirs.values()]
 
 
 def submission_probabilities(wildcards):
     """Test probabilities of the submitted model: retrained, weight-averaged folds, or the fold ensemble."""
-    strategy = config["final"]["strategy"]
-    if strategy == "retrain":
-        return (
-            f"{retrained_dir(wildcards.variant, SUBMITTED_STAGES)}/test_probs.parquet"
-        )
-    if strategy == "average_folds":
-        return f"results/{wildcards.variant}/final/test_probs.parquet"
-    return f"results/{wildcards.variant}/test_probs.parquet"
+    if SUBMITTED_MODEL == FOLD_ENSEMBLE:
+        return f"results/{wildcards.variant}/test_probs.parquet"
+    return f"{final_model_dir(wildcards.variant, SUBMITTED_MODEL, ROUNDS)}/test_probs.parquet"
 
 
 def final_training_labels(wildcards):
@@ -196,7 +183,8 @@ def round_pseudo_labels(wildcards):
     round_ = int(wildcards.round)
     if round_ == 1:
         return f"results/{wildcards.variant}/pseudo_labels.csv"
-    return f"results/{wildcards.variant}/retrain/{wildcards.stages}/round{round_ - 1}/pseudo_labels.csv"
+    previous = round_dir(wildcards.variant, wildcards.stages, round_ - 1)
+    return f"{previous}/pseudo_labels.csv"
 
 
 def general_data():

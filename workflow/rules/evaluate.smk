@@ -86,9 +86,6 @@ rule log_variant_to_mlflow:
     localrule: True
     conda:
         "../../envs/core.yaml"
-    params:
-        final_models=FINAL_MODELS,
-        retrained=[retrained_model_name(stages) for stages in RETRAINED],
     script:
         "../scripts/log_variant_to_mlflow.py"
 
@@ -122,7 +119,6 @@ rule summarize_ablation:
         "../../envs/core.yaml"
     params:
         variants=list(VARIANTS),
-        final_models=FINAL_MODELS,
         submitted=SUBMITTED_MODEL,
     script:
         "../scripts/summarize_ablation.py"

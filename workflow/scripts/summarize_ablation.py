@@ -3,6 +3,7 @@
 import json
 
 from vlmflow.evaluation.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
+from vlmflow.recipe.final_models import final_model_of, variant_of
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
 from vlmflow.tracking.runs import log_summary_run, read_run, write_run
@@ -16,19 +17,15 @@ def read_json(path):
 log_to(snakemake.log[0])
 # Renamed into place before MLflow logs them (it keeps file names); the run reference is written last.
 output = staged(snakemake.output, "table", "markdown", "chart")
-variants, names = snakemake.params.variants, snakemake.params.final_models
-final_metrics = iter(snakemake.input.final_metrics)  # variant-major, names in order
+metrics = {variant_of(path): read_json(path) for path in snakemake.input.metrics}
+corrections = {variant_of(path): read_json(path) for path in snakemake.input.correction_scores}
+final_models = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> metrics
+for path in snakemake.input.final_metrics:
+    variant, name = final_model_of(path)
+    final_models[variant][name] = read_json(path)
 rows = [
-    ablation_row(
-        variant,
-        read_json(metrics),
-        read_json(correction),
-        {name: read_json(next(final_metrics)) for name in names},
-        snakemake.params.submitted,
-    )
-    for variant, metrics, correction in zip(
-        variants, snakemake.input.metrics, snakemake.input.correction_scores, strict=True
-    )
+    ablation_row(variant, metrics[variant], corrections[variant], final_models[variant], snakemake.params.submitted)
+    for variant in snakemake.params.variants
 ]
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
