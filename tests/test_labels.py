@@ -4,7 +4,7 @@ from vlmflow.data.labels import LabelFileError, baseline_prompt, described_promp
 
 from conftest import REPO
 
-# The recipe's baseline prompt, verbatim from ../shared/MIRE.md.
+# The recipe's baseline prompt, verbatim from docs/mire.md.
 RECIPE_BASELINE = (
     "<image>\n你是一个电商领域识图专家,可以理解消费者上传的软件截图或实物拍摄图。现在,请你对消费者上传的图片进行分类。"
     '你只需要回答图片分类结果,不需要其他多余的话。以下是可以参考的分类标签,分类标签:["实物拍摄(含售后)","商品分类选项",'

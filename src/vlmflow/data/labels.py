@@ -46,7 +46,7 @@ def label_names(labels: list[Label]) -> list[str]:
     return [label.name for label in labels]
 
 
-# Verbatim from the recipe (../shared/MIRE.md): the head, then the label list as compact JSON.
+# Verbatim from the recipe (docs/mire.md): the head, then the label list as compact JSON.
 PROMPT_HEAD = (
     "<image>\n你是一个电商领域识图专家,可以理解消费者上传的软件截图或实物拍摄图。"
     "现在,请你对消费者上传的图片进行分类。你只需要回答图片分类结果,不需要其他多余的话。"
