@@ -8,7 +8,7 @@ from vlmflow.recipe.final_models import final_model_dir, final_model_dirs, final
 def test_each_final_model_has_one_folder_by_name():
     dirs = final_model_dirs("taught", ["average_folds", "retrain_none", "retrain_correction_pseudo"], rounds=2)
     assert dirs == {
-        "average_folds": "results/taught/final",
+        "average_folds": "results/taught/average_folds",
         "retrain_none": "results/taught/retrain/none/round1",  # no pseudo-labels: one round
         "retrain_correction_pseudo": "results/taught/retrain/correction_pseudo/round2",  # the last round
     }

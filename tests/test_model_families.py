@@ -214,7 +214,7 @@ def test_the_averaged_fold_model_is_a_full_model_that_scores(method_run):
     from vlmflow.model.scoring import load_model
 
     workdir, family, method = method_run
-    averaged = workdir / "results/baseline/final/model"
+    averaged = workdir / "results/baseline/average_folds/model"
     assert not (averaged / "adapter_config.json").exists()
     model = AutoModelForImageTextToText.from_pretrained(averaged)
     assert model.config.model_type == family
@@ -223,7 +223,7 @@ def test_the_averaged_fold_model_is_a_full_model_that_scores(method_run):
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point():
             torch.testing.assert_close(tensor, (folds[0][name] + folds[1][name]) / 2, atol=1e-6, rtol=1e-5)
-    probabilities = pd.read_parquet(workdir / "results/baseline/final/test_probs.parquet")
+    probabilities = pd.read_parquet(workdir / "results/baseline/average_folds/test_probs.parquet")
     assert len(probabilities) == 8
     assert np.allclose(probabilities.filter(like="p::").sum(axis=1), 1.0, atol=1e-5)
 

@@ -151,7 +151,7 @@ def test_label_correction_pseudo_labels_and_the_submission_come_from_the_fold_mo
         (workdir / "results/baseline/retrain/correction_pseudo/round2/test_metrics.json").read_text()
     )
     assert retrained["test_weighted_f1"] == final["test_weighted_f1"]  # the submission is round 2's model
-    assert (workdir / "results/baseline/final/model/model.safetensors").exists()
+    assert (workdir / "results/baseline/average_folds/model/model.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ wildcard_constraints:
     shard=r"\d+",
     stages="none|correction|pseudo|correction_pseudo",
     round=r"\d+",
-    final_model=r"final|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
+    final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
     demo_model="|".join(
         family.demo_model_dir.removeprefix("resources/demo/tiny-")
         for family in FAMILIES.values()

@@ -73,11 +73,11 @@ rule average_fold_models:
     input:
         models=expand("results/{{variant}}/fold{fold}/model", fold=FOLDS),
     output:
-        model=directory("results/{variant}/final/model"),
+        model=directory("results/{variant}/average_folds/model"),
     log:
-        "logs/final/{variant}_average.log",
+        "logs/final/{variant}/average_folds.log",
     benchmark:
-        "benchmarks/final/{variant}_average.tsv"
+        "benchmarks/final/{variant}/average_folds.tsv"
     conda:
         "../../envs/train.yaml"
     script:

@@ -4,7 +4,7 @@
 models' files key them by ``variant_of`` and ``final_model_of`` instead of by their position in a list
 that must match another list.
 
-Layout: ``results/<variant>/final/`` is the weight-averaged fold model (named ``average_folds``);
+Layout: ``results/<variant>/average_folds/`` is the weight-averaged fold model (named ``average_folds``);
 ``results/<variant>/retrain/<stages>/round<n>/`` is round n of the model retrained on a stage
 combination (named ``retrain_<stages>``), whose final round is the last pseudo-label round.
 
@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from vlmflow.recipe.stages import AVERAGE_FOLDS, final_round, retrained_model_name
 
 RESULTS = "results"
-AVERAGED = "final"  # the folder of the weight-averaged fold model
+AVERAGED = AVERAGE_FOLDS  # the folder of the weight-averaged fold model, named as the model
 RETRAIN = "retrain"
 RETRAINED_PREFIX = retrained_model_name("")
 
