@@ -1,9 +1,7 @@
 import pandas as pd
-import pytest
 
 from vlmflow.data.labels import Label
 from vlmflow.recipe.final_training import balance_classes, build_final_training_set, final_training_records
-from vlmflow.recipe.stages import final_round, stage_set, stage_set_name
 
 from helpers.variants import make_variant
 
@@ -21,15 +19,6 @@ def records(ids, labels, prefix="img"):
             "height": 20,
         }
     )
-
-
-def test_stage_combination_names_are_canonical_and_round_trip():
-    assert stage_set_name([]) == "none"
-    assert stage_set_name(["pseudo", "correction"]) == "correction_pseudo"
-    assert stage_set("correction_pseudo") == ["correction", "pseudo"] and stage_set("none") == []
-    with pytest.raises(ValueError, match="unknown stage"):
-        stage_set_name(["distillation"])
-    assert final_round("correction_pseudo", 3) == 3 and final_round("correction", 3) == 1
 
 
 def test_pseudo_labelled_test_records_join_the_training_records_with_their_source():

@@ -18,6 +18,7 @@ from vlmflow.model.train import (
     collect_trained_model,
     llamafactory_command,
     llamafactory_config,
+    method_settings,
     run_llamafactory,
     write_training_inputs,
 )
@@ -135,3 +136,22 @@ def test_load_best_model_at_end_keeps_the_best_checkpoints_weights(small_model, 
     trainer_saved = load_file(reference / "model.safetensors")
     trainer_kept_best = all(torch.equal(trainer_saved[name], best_weights[name]) for name in trainer_saved)
     assert trainer_kept_best == (deepspeed is not None)
+
+
+def test_method_settings_are_llamafactory_arguments():
+    assert method_settings("full", {}) == {"finetuning_type": "full"}
+    assert method_settings("freeze", {"trainable_layers": 25, "trainable_modules": "all"}) == {
+        "finetuning_type": "freeze",
+        "freeze_trainable_layers": 25,
+        "freeze_trainable_modules": "all",
+    }
+    lora = method_settings("lora", {"rank": 8, "alpha": 16, "dropout": 0.0, "target": "all"})
+    assert lora == {
+        "finetuning_type": "lora",
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+    }
+    with pytest.raises(ValueError, match="'qlora'"):
+        method_settings("qlora", {})
