@@ -11,12 +11,12 @@ from vlmflow.data.labels import load_labels
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.tracking.offline import unreachable_notice
 from vlmflow.recipe.final_models import final_model_dir, final_model_dirs, round_dir
-from vlmflow.recipe.stages import (
+from vlmflow.recipe.steps import (
     AVERAGE_FOLDS,
     FOLD_ENSEMBLE,
     retrained_model_name,
-    stage_set,
-    stage_set_name,
+    step_set,
+    step_set_name,
 )
 
 SPLITS = ["train", "test"]
@@ -33,24 +33,24 @@ FOLDS = list(range(config["train"]["folds"]))
 
 LABELS = load_labels(config["labels"])
 
-# Final models retrained on stage combinations (none, correction, pseudo, correction_pseudo): those the
+# Final models retrained on step combinations (none, correction, pseudo, correction_pseudo): those the
 # ablation compares, plus the submission's when final.strategy is retrain.
 ROUNDS = config["pseudo"]["rounds"]
 ABLATION = list(
-    dict.fromkeys(stage_set_name(stages) for stages in config["final"]["ablation"])
+    dict.fromkeys(step_set_name(steps) for steps in config["final"]["ablation"])
 )
-SUBMITTED_STAGES = stage_set_name(config["final"]["stages"])
+SUBMITTED_STEPS = step_set_name(config["final"]["steps"])
 RETRAINED = list(
     dict.fromkeys(
         ABLATION
-        + ([SUBMITTED_STAGES] if config["final"]["strategy"] == "retrain" else [])
+        + ([SUBMITTED_STEPS] if config["final"]["strategy"] == "retrain" else [])
     )
 )
 # Final models besides the fold ensemble, by name (their folders: vlmflow.recipe.final_models), and the
 # one the submission comes from.
-RETRAINED_MODELS = [retrained_model_name(stages) for stages in RETRAINED]
+RETRAINED_MODELS = [retrained_model_name(steps) for steps in RETRAINED]
 FINAL_MODELS = [AVERAGE_FOLDS, *RETRAINED_MODELS]
-SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STAGES)}.get(
+SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STEPS)}.get(
     config["final"]["strategy"], config["final"]["strategy"]
 )
 
@@ -60,7 +60,7 @@ wildcard_constraints:
     variant="|".join(VARIANTS),
     fold=r"\d+",
     shard=r"\d+",
-    stages="none|correction|pseudo|correction_pseudo",
+    steps="none|correction|pseudo|correction_pseudo",
     round=r"\d+",
     final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
     demo_model="|".join(
@@ -171,19 +171,19 @@ def submission_probabilities(wildcards):
 
 def final_training_labels(wildcards):
     """The training records a final model starts from: corrected when its combination corrects."""
-    if "correction" in stage_set(wildcards.stages):
+    if "correction" in step_set(wildcards.steps):
         return f"results/{wildcards.variant}/train_corrected.parquet"
     return "results/data/train.parquet"
 
 
 def round_pseudo_labels(wildcards):
     """Round 1 learns from the fold models' pseudo-labels, round n from round n-1's retrained model."""
-    if "pseudo" not in stage_set(wildcards.stages):
+    if "pseudo" not in step_set(wildcards.steps):
         return []
     round_ = int(wildcards.round)
     if round_ == 1:
         return f"results/{wildcards.variant}/pseudo_labels.csv"
-    previous = round_dir(wildcards.variant, wildcards.stages, round_ - 1)
+    previous = round_dir(wildcards.variant, wildcards.steps, round_ - 1)
     return f"{previous}/pseudo_labels.csv"
 
 

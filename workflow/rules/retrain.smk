@@ -1,4 +1,4 @@
-# Final models retrained on the recipe's stage combinations, per variant: the corrected labels, the
+# Final models retrained on the recipe's step combinations, per variant: the corrected labels, the
 # test pseudo-labels (in rounds, Noisy-Student style) or both, with classes balanced and general data
 # mixed in. Each fit is a child run of the variant's MLflow run; each model scores the test set.
 
@@ -14,11 +14,11 @@ rule build_final_training_set:
         general=general_data(),
         labels=config["labels"],
     output:
-        prompts="results/{variant}/retrain/{stages}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{stages}/round{round}/general_records.json",
-        report="results/{variant}/retrain/{stages}/round{round}/training_set.json",
+        prompts="results/{variant}/retrain/{steps}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{steps}/round{round}/general_records.json",
+        report="results/{variant}/retrain/{steps}/round{round}/training_set.json",
     log:
-        "logs/retrain/{variant}/{stages}/round{round}_training_set.log",
+        "logs/retrain/{variant}/{steps}/round{round}_training_set.log",
     conda:
         "../../envs/core.yaml"
     params:
@@ -35,19 +35,19 @@ rule build_final_training_set:
 
 rule train_final:
     input:
-        prompts="results/{variant}/retrain/{stages}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{stages}/round{round}/general_records.json",
+        prompts="results/{variant}/retrain/{steps}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{steps}/round{round}/general_records.json",
         parent_run="results/{variant}/mlflow_run.json",
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
-        model=directory("results/{variant}/retrain/{stages}/round{round}/model"),
-        config="results/{variant}/retrain/{stages}/round{round}/llamafactory.yaml",
-        run="results/{variant}/retrain/{stages}/round{round}/mlflow_run.json",
+        model=directory("results/{variant}/retrain/{steps}/round{round}/model"),
+        config="results/{variant}/retrain/{steps}/round{round}/llamafactory.yaml",
+        run="results/{variant}/retrain/{steps}/round{round}/mlflow_run.json",
     log:
-        "logs/retrain/{variant}/{stages}/round{round}.log",
+        "logs/retrain/{variant}/{steps}/round{round}.log",
     benchmark:
-        "benchmarks/retrain/{variant}/{stages}/round{round}.tsv"
+        "benchmarks/retrain/{variant}/{steps}/round{round}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -61,13 +61,13 @@ rule train_final:
 
 rule select_round_pseudo_labels:
     input:
-        test=["results/{variant}/retrain/{stages}/round{round}/test_probs.parquet"],
+        test=["results/{variant}/retrain/{steps}/round{round}/test_probs.parquet"],
         labels=config["labels"],
     output:
-        pseudo_labels="results/{variant}/retrain/{stages}/round{round}/pseudo_labels.csv",
-        report="results/{variant}/retrain/{stages}/round{round}/pseudo_labels.json",
+        pseudo_labels="results/{variant}/retrain/{steps}/round{round}/pseudo_labels.csv",
+        report="results/{variant}/retrain/{steps}/round{round}/pseudo_labels.json",
     log:
-        "logs/retrain/{variant}/{stages}/round{round}_pseudo.log",
+        "logs/retrain/{variant}/{steps}/round{round}_pseudo.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
     localrule: True
     conda:

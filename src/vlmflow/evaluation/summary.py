@@ -2,7 +2,7 @@
 
 One row per variant: out-of-fold weighted F1 (the competition metric on the training labels), how well
 label correction found the planted flips (demo truth), and the test weighted F1 of every final model
-(the fold ensemble, the averaged fold model, and a retrained model per stage combination).
+(the fold ensemble, the averaged fold model, and a retrained model per step combination).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmflow.recipe.stages import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
+from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
 
 TEST_F1 = "test_weighted_f1"
 TITLES = {

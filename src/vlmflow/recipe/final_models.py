@@ -5,8 +5,8 @@ models' files key them by ``variant_of`` and ``final_model_of`` instead of by th
 that must match another list.
 
 Layout: ``results/<variant>/average_folds/`` is the weight-averaged fold model (named ``average_folds``);
-``results/<variant>/retrain/<stages>/round<n>/`` is round n of the model retrained on a stage
-combination (named ``retrain_<stages>``), whose final round is the last pseudo-label round.
+``results/<variant>/retrain/<steps>/round<n>/`` is round n of the model retrained on a step
+combination (named ``retrain_<steps>``), whose final round is the last pseudo-label round.
 
 Standard library only: common.smk imports it when Snakemake starts.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from vlmflow.recipe.stages import AVERAGE_FOLDS, final_round, retrained_model_name
+from vlmflow.recipe.steps import AVERAGE_FOLDS, final_round, retrained_model_name
 
 RESULTS = "results"
 AVERAGED = AVERAGE_FOLDS  # the folder of the weight-averaged fold model, named as the model
@@ -23,19 +23,19 @@ RETRAIN = "retrain"
 RETRAINED_PREFIX = retrained_model_name("")
 
 
-def round_dir(variant: str, stages: str, round_: int) -> str:
-    """Round ``round_`` of the model retrained on the stage combination ``stages``."""
-    return f"{RESULTS}/{variant}/{RETRAIN}/{stages}/round{round_}"
+def round_dir(variant: str, steps: str, round_: int) -> str:
+    """Round ``round_`` of the model retrained on the step combination ``steps``."""
+    return f"{RESULTS}/{variant}/{RETRAIN}/{steps}/round{round_}"
 
 
 def final_model_dir(variant: str, name: str, rounds: int) -> str:
-    """The folder of final model ``name`` (``average_folds`` or ``retrain_<stages>``): its final round."""
+    """The folder of final model ``name`` (``average_folds`` or ``retrain_<steps>``): its final round."""
     if name == AVERAGE_FOLDS:
         return f"{RESULTS}/{variant}/{AVERAGED}"
     if not name.startswith(RETRAINED_PREFIX):
-        raise ValueError(f"{name!r} is not a final model name ({AVERAGE_FOLDS} or {RETRAINED_PREFIX}<stages>)")
-    stages = name.removeprefix(RETRAINED_PREFIX)
-    return round_dir(variant, stages, final_round(stages, rounds))
+        raise ValueError(f"{name!r} is not a final model name ({AVERAGE_FOLDS} or {RETRAINED_PREFIX}<steps>)")
+    steps = name.removeprefix(RETRAINED_PREFIX)
+    return round_dir(variant, steps, final_round(steps, rounds))
 
 
 def final_model_dirs(variant: str, names: list[str], rounds: int) -> dict[str, str]:

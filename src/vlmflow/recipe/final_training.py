@@ -1,6 +1,6 @@
-"""The final model's training set: the recipe's stages combined, then shaped before the fit.
+"""The final model's training set: the recipe's steps combined, then shaped before the fit.
 
-A stage combination names what the final model trains on: ``none`` (the labels as given),
+A step combination names what the final model trains on: ``none`` (the labels as given),
 ``correction`` (the corrected labels), ``pseudo`` (given labels plus confident test pseudo-labels) or
 ``correction_pseudo``. Pseudo-labels come in rounds (Noisy-Student style): round 1 uses the fold models'
 pseudo-labels, round n the pseudo-labels of round n-1's retrained model. Shaping then oversamples
