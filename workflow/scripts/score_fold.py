@@ -16,7 +16,7 @@ prompts, folds = pd.read_parquet(snakemake.input.prompts), pd.read_csv(snakemake
 held_out = held_out_part(prompts, folds, int(snakemake.wildcards.fold))
 test = shard_of_test_records(prompts, 0, snakemake.params.shards)  # the other shards: score_test_shard jobs
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
-    out_of_fold, test_scores = score_tables(
+    scores = score_tables(
         snakemake.input.model,
         [held_out, test],
         label_names(load_labels(snakemake.input.labels)),
@@ -24,6 +24,6 @@ with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE
         threads=snakemake.threads,
         **snakemake.params.scoring,  # device, reason budget, the training's image pixel limits
     )
-out_of_fold.to_parquet(output.out_of_fold, index=False)
-test_scores.to_parquet(output.test_shard, index=False)
+    next(scores).to_parquet(output.out_of_fold, index=False)  # staged while the test records are scored
+    next(scores).to_parquet(output.test_shard, index=False)
 output.commit()

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,13 +363,13 @@ def score_tables(
     threads: int | None = None,
     image_pixels: dict | None = None,
     reason_max_new_tokens: int = 90,
-) -> list[pd.DataFrame]:
-    """Load the model once and score each prompt table (``score_table``); ``image_pixels`` are the
-    training's ``image_max_pixels``/``image_min_pixels``."""
+) -> Iterator[pd.DataFrame]:
+    """Load the model once and score each prompt table in turn (``score_table``), yielding each as it is
+    done, so a caller can write one before the next is scored; ``image_pixels`` are the training's
+    ``image_max_pixels``/``image_min_pixels``."""
     scorer = load_scorer(model_dir, device=device, num_threads=threads, **(image_pixels or {}))
-    return [
-        score_table(scorer, table, labels, variant, reason_max_new_tokens=reason_max_new_tokens) for table in tables
-    ]
+    for table in tables:
+        yield score_table(scorer, table, labels, variant, reason_max_new_tokens=reason_max_new_tokens)
 
 
 def shard_of_test_records(prompts: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:

@@ -136,6 +136,7 @@ def resume_settings(settings: dict, dataset_dir: str | Path) -> dict:
         resumed = {**settings, "resume_from_checkpoint": str(last), "overwrite_output_dir": False}
         if "deepspeed" not in settings and settings["finetuning_type"] != "lora":
             resumed["model_name_or_path"] = str(last)
+            save_processor_into(last, settings["model_name_or_path"])
         return resumed
     if checkpoints.exists():
         log.info("removing %s: no checkpoint of this same training to resume from", checkpoints)
@@ -143,6 +144,18 @@ def resume_settings(settings: dict, dataset_dir: str | Path) -> dict:
     checkpoints.mkdir(parents=True)
     stamp.write_text(fingerprint)
     return settings
+
+
+def save_processor_into(checkpoint: Path, base_model: str) -> None:
+    """Write the base model's processor and tokenizer into a checkpoint resumed as the base model.
+
+    LLaMA-Factory saves them into a checkpoint after the trainer's state, so a job killed between the two
+    leaves a checkpoint that is complete for the trainer but has no processor to load (seen in CI:
+    "Processor was not found"). Training never changes them: the base model's are the checkpoint's.
+    """
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(base_model).save_pretrained(checkpoint)
 
 
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
