@@ -103,6 +103,8 @@ def checkpointing_config(workdir: Path) -> dict:
     hyperparameters.update(save_strategy="steps", save_steps=2, save_total_limit=2, eval_steps=2)
     config = small_demo_config(workdir, variants=[{"name": "baseline"}])
     config["train"]["hyperparameters"] = hyperparameters
+    # Enough test records that scoring a fold's first test shard outlasts the kill test's polling (0.5 s).
+    config["demo"]["n_test"] = 40
     return config
 
 
@@ -216,6 +218,7 @@ def test_a_killed_snakemake_leaves_no_output_of_its_running_job_and_the_next_run
     workdir = tmp_path / "workdir"
     shutil.copytree(whole, workdir, symlinks=True)  # the trained fold, with Snakemake's records of it
     held_out = workdir / "results/baseline/fold0/oof_probs.parquet"
+    first_shard = workdir / "results/baseline/fold0/test_shards/0.parquet"
     test = workdir / "results/baseline/fold0/test_probs.parquet"
     command, env = snakemake_command(workdir, config, "--cores", "2", str(test.relative_to(workdir)))
     # Its own session: the kill takes Snakemake and its jobs at once, as a lost machine would.
@@ -228,11 +231,11 @@ def test_a_killed_snakemake_leaves_no_output_of_its_running_job_and_the_next_run
         text=True,
         start_new_session=True,
     )
-    # The scoring job writes the held-out table, then scores the test records: kill it in between.
+    # The scoring job writes the held-out table, then scores its test shard: kill it in between.
     wait_for(lambda: held_out.exists() or partial_path(held_out).exists(), "the held-out table", snakemake)
     os.killpg(snakemake.pid, signal.SIGKILL)
     snakemake.wait(timeout=60)
-    assert not held_out.exists() and not test.exists(), "a killed job's outputs never appear under their names"
+    assert not any(path.exists() for path in (held_out, first_shard, test)), "a killed job's outputs never appear"
 
     subprocess.run([*command, "--unlock"], cwd=workdir, env=env, check=True, capture_output=True)
     run_snakemake(workdir, config, "--cores", "2", str(test.relative_to(workdir)))

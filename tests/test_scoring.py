@@ -18,7 +18,14 @@ from PIL import Image
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
 from vlmflow.demo.tiny_model import build_tiny_model
 from vlmflow.model.families import FAMILIES, family_of
-from vlmflow.model.scoring import extract_reason, load_scorer, reason_slot, score_table
+from vlmflow.model.scoring import (
+    extract_reason,
+    load_scorer,
+    merge_test_shards,
+    reason_slot,
+    score_table,
+    shard_of_test_records,
+)
 from vlmflow.prompting.prompts import answer_around_label, write_llamafactory_dataset
 
 from helpers.variants import make_variant
@@ -268,3 +275,18 @@ def test_bad_prompt_and_repeated_labels_are_refused(scorer) -> None:
         scorer.score_labels(image, PROMPT.replace("<image>", ""), NAMES)
     with pytest.raises(ValueError, match="distinct"):
         scorer.score_labels(image, PROMPT, ["退款页面", "退款页面"])
+
+
+def test_test_shards_cover_the_test_set_once_and_merge_back_in_order():
+    prompts = pd.DataFrame({"id": [f"r{i}" for i in range(9)], "split": ["train", *["test"] * 8]})
+    shards = [shard_of_test_records(prompts, shard, 3) for shard in range(3)]
+    assert [len(shard) for shard in shards] == [3, 3, 2]
+    scored = [shard.assign(p=shard["id"].str[1:].astype(int)) for shard in shards]
+    merged = merge_test_shards(scored[::-1], prompts)  # in any order of shards
+    assert list(merged["id"]) == [f"r{i}" for i in range(1, 9)] and list(merged["p"]) == list(range(1, 9))
+    with pytest.raises(ValueError, match=r"missing \['r1', 'r4', 'r7'\]"):
+        merge_test_shards(scored[1:], prompts)  # shard 0 lost
+    with pytest.raises(ValueError, match="repeated"):
+        merge_test_shards([*scored, scored[0]], prompts)
+    with pytest.raises(ValueError, match="test shard 3 of 3"):
+        shard_of_test_records(prompts, 3, 3)

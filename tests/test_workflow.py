@@ -1,5 +1,6 @@
 """Rule-level and end-to-end runs of the workflow on a reduced demo, plus the lint gates."""
 
+import contextlib
 import copy
 import json
 import re
@@ -14,6 +15,9 @@ from mlflow.tracking import MlflowClient
 from vlmflow.data.labels import load_labels
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
+from helpers.variants import make_variant
+
+LABEL_NAMES = [label.name for label in load_labels(REPO / "config" / "labels.yaml")]
 
 
 def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
@@ -69,6 +73,27 @@ def test_every_held_out_and_test_record_gets_one_probability_per_label(demo_run)
         metrics = json.loads((workdir / f"results/{variant}/metrics.json").read_text())
         assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
         assert (workdir / f"results/{variant}/fold0/model/training_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_sharded_test_scores_equal_unsharded_scoring(demo_run):
+    """score.shards 2 (.test/config_small.yaml): the merged table is what one job scoring every test
+    record gives."""
+    from vlmflow.model.scoring import load_scorer, score_table
+
+    workdir = demo_run.workdir
+    fold = workdir / "results/baseline_ocr/fold1"
+    assert len(list((fold / "test_shards").glob("*.parquet"))) == 2
+    merged = pd.read_parquet(fold / "test_probs.parquet")
+    prompts = pd.read_parquet(workdir / "results/baseline_ocr/prompts.parquet")
+    variant = make_variant(**next(v for v in demo_run.config["variants"] if v["name"] == "baseline_ocr"))
+    with contextlib.chdir(workdir):  # image paths are relative to the run
+        scorer = load_scorer(fold / "model", num_threads=1)
+        whole = score_table(scorer, prompts[prompts["split"] == "test"], LABEL_NAMES, variant)
+    assert list(merged["id"]) == list(whole["id"]) and len(merged) == 12
+    probabilities = merged.filter(like="p::").to_numpy()
+    assert np.abs(probabilities - whole.filter(like="p::").to_numpy()).max() < 1e-6
+    assert list(merged["predicted"]) == list(whole["predicted"])
 
 
 @pytest.mark.slow

@@ -60,6 +60,7 @@ wildcard_constraints:
     variant="|".join(VARIANTS),
     fold=r"\d+",
     shard=r"\d+",
+    test_shard=r"[1-9]\d*",  # shard 0 is score_fold's
     steps="none|correction|pseudo|correction_pseudo",
     round=r"\d+",
     final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
@@ -99,12 +100,18 @@ def training_settings(wildcards, input):
     }
 
 
-def image_pixel_limits():
-    """The training's image pixel limits, which scoring resizes by too (None: LLaMA-Factory's defaults)."""
+def scoring_settings():
+    """How every scoring job scores, as score_tables' arguments: the device, the reason budget, and the
+    training's image pixel limits, which scoring resizes by too (None: LLaMA-Factory's defaults).
+    """
     hyperparameters = config["train"]["hyperparameters"]
     return {
-        name: hyperparameters.get(name)
-        for name in ("image_max_pixels", "image_min_pixels")
+        "device": config["score"]["device"],
+        "reason_max_new_tokens": config["score"]["max_new_tokens"],
+        "image_pixels": {
+            name: hyperparameters.get(name)
+            for name in ("image_max_pixels", "image_min_pixels")
+        },
     }
 
 

@@ -102,11 +102,11 @@ rule score_final_model:
         gpu=min(1, config["train"]["gpus_per_run"]),
     params:
         variant=variant_settings,
-        device=config["score"]["device"],
-        max_new_tokens=config["score"]["max_new_tokens"],
-        image_pixels=image_pixel_limits(),
+        scoring=scoring_settings(),
+        shard=0,  # a final model scores every test record itself
+        shards=1,
     script:
-        "../scripts/score_final_model.py"
+        "../scripts/score_test_records.py"
 
 
 rule evaluate_final_model:

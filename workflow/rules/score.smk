@@ -1,5 +1,7 @@
 # Label probabilities under each fold model: its held-out training records (out of fold) and every
-# test record. All labels are scored from one encoding of prompt and image (prefix sharing).
+# test record. All labels are scored from one encoding of prompt and image (prefix sharing). The test
+# records are split into score.shards jobs, each leasing its own GPU; score_fold scores the first shard
+# with the held-out records, score_test_shard the others, and merge_test_shards joins them.
 
 
 rule score_fold:
@@ -10,7 +12,7 @@ rule score_fold:
         labels=config["labels"],
     output:
         out_of_fold="results/{variant}/fold{fold}/oof_probs.parquet",
-        test="results/{variant}/fold{fold}/test_probs.parquet",
+        test_shard="results/{variant}/fold{fold}/test_shards/0.parquet",
     log:
         "logs/score/{variant}/fold{fold}.log",
     benchmark:
@@ -22,8 +24,51 @@ rule score_fold:
         gpu=min(1, config["train"]["gpus_per_run"]),
     params:
         variant=variant_settings,
-        device=config["score"]["device"],
-        max_new_tokens=config["score"]["max_new_tokens"],
-        image_pixels=image_pixel_limits(),
+        scoring=scoring_settings(),
+        shards=config["score"]["shards"],
     script:
         "../scripts/score_fold.py"
+
+
+rule score_test_shard:
+    input:
+        model="results/{variant}/fold{fold}/model",
+        prompts="results/{variant}/prompts.parquet",
+        labels=config["labels"],
+    output:
+        test="results/{variant}/fold{fold}/test_shards/{test_shard}.parquet",
+    log:
+        "logs/score/{variant}/fold{fold}_test_shard{test_shard}.log",
+    benchmark:
+        "benchmarks/score/{variant}/fold{fold}_test_shard{test_shard}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["score"]["threads"]
+    resources:
+        gpu=min(1, config["train"]["gpus_per_run"]),
+    params:
+        variant=variant_settings,
+        scoring=scoring_settings(),
+        shard=lambda wildcards: int(wildcards.test_shard),
+        shards=config["score"]["shards"],
+    script:
+        "../scripts/score_test_records.py"
+
+
+rule merge_test_shards:
+    input:
+        shards=expand(
+            "results/{{variant}}/fold{{fold}}/test_shards/{shard}.parquet",
+            shard=range(config["score"]["shards"]),
+        ),
+        prompts="results/{variant}/prompts.parquet",
+    output:
+        test="results/{variant}/fold{fold}/test_probs.parquet",
+    log:
+        "logs/score/{variant}/fold{fold}_merge.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/merge_test_shards.py"

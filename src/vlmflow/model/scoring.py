@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,3 +351,44 @@ def score_table(
         if done % log_every == 0 or done == len(prompts):
             log.info("scored %d/%d images (%.2f images/s)", done, len(prompts), done / (time.monotonic() - started))
     return pd.DataFrame(rows, columns=["id", *(f"p::{label}" for label in labels), "predicted", "generated"])
+
+
+def score_tables(
+    model_dir: str | Path,
+    tables: list[pd.DataFrame],
+    labels: list[str],
+    variant: PromptVariant,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    image_pixels: dict | None = None,
+    reason_max_new_tokens: int = 90,
+) -> Iterator[pd.DataFrame]:
+    """Load the model once and score each prompt table in turn (``score_table``), yielding each as it is
+    done, so a caller can write one before the next is scored; ``image_pixels`` are the training's
+    ``image_max_pixels``/``image_min_pixels``."""
+    scorer = load_scorer(model_dir, device=device, num_threads=threads, **(image_pixels or {}))
+    for table in tables:
+        yield score_table(scorer, table, labels, variant, reason_max_new_tokens=reason_max_new_tokens)
+
+
+def shard_of_test_records(prompts: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:
+    """Shard ``shard`` of ``shards`` of the test rows: every ``shards``-th row from the ``shard``-th, so the
+    shards are the same size to one row and fixed by the prompt table's order (score.shards)."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"test shard {shard} of {shards}: need shards >= 1 and 0 <= shard < shards")
+    return prompts[prompts["split"] == "test"].iloc[shard::shards]
+
+
+def merge_test_shards(tables: list[pd.DataFrame], prompts: pd.DataFrame) -> pd.DataFrame:
+    """The shards' score tables as one, in the prompt table's test order; every test record exactly once."""
+    merged = pd.concat(tables, ignore_index=True)
+    expected = prompts.loc[prompts["split"] == "test", "id"]
+    repeated = merged["id"][merged["id"].duplicated()]
+    missing = set(expected) - set(merged["id"])
+    if len(repeated) or missing or len(merged) != len(expected):
+        raise ValueError(
+            f"the test shards do not cover the test set once: missing {sorted(missing)[:10]}, "
+            f"repeated {sorted(set(repeated))[:10]}, {len(merged)} rows for {len(expected)} test records"
+        )
+    return merged.set_index("id").loc[expected].reset_index()
