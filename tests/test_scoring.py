@@ -115,9 +115,12 @@ def llamafactory_training_batch(scorer, image, prompt: str, answer: str, system:
     from llamafactory.data.processor import SupervisedDatasetProcessor
     from llamafactory.hparams import DataArguments
 
-    data_args = DataArguments(template=scorer.family.template, cutoff_len=4096)
+    data_args = DataArguments(template=scorer.encoder.family.template, cutoff_len=4096)
     dataset_processor = SupervisedDatasetProcessor(
-        template=scorer.template, tokenizer=scorer.tokenizer, processor=scorer.processor, data_args=data_args
+        template=scorer.encoder.template,
+        tokenizer=scorer.tokenizer,
+        processor=scorer.encoder.processor,
+        data_args=data_args,
     )
     examples = {
         "_prompt": [[{"role": "user", "content": prompt}]],
@@ -130,7 +133,10 @@ def llamafactory_training_batch(scorer, image, prompt: str, answer: str, system:
     }
     encoded = dataset_processor.preprocess_dataset(examples)
     collator = MultiModalDataCollatorForSeq2Seq(
-        template=scorer.template, model=scorer.model, processor=scorer.processor, tokenizer=scorer.tokenizer
+        template=scorer.encoder.template,
+        model=scorer.model,
+        processor=scorer.encoder.processor,
+        tokenizer=scorer.tokenizer,
     )
     feature = {name: encoded[name][0] for name in ("input_ids", "attention_mask", "labels")}
     return collator([{**feature, "images": [image], "videos": [], "audios": []}])
@@ -157,7 +163,7 @@ def test_token_and_position_ids_equal_llamafactory_training_encoding(scorer) -> 
         ours = torch.cat([prefix_positions, continuation], dim=-1)
         assert torch.equal(ours[:, 0], batch["position_ids"][-3:, 0, :length])
     # Skipping LLaMA-Factory's pre-resize changes the pixels: the comparison above can fail.
-    unresized = scorer.processor.image_processor([image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    unresized = scorer.encoder.processor.image_processor([image.convert("RGB")], return_tensors="pt")["pixel_values"]
     assert unresized.shape != batch["pixel_values"].shape or not torch.equal(unresized, batch["pixel_values"])
 
 
@@ -213,17 +219,18 @@ def test_label_trained_through_llamafactory_scores_top_on_its_image(model_dir: P
         assert probabilities.max() > 0.5
 
 
-def prompt_rows(tmp_path: Path, prompt: str = PROMPT) -> pd.DataFrame:
+def prompt_rows(tmp_path: Path, prompt: str = PROMPT, count: int = 2) -> pd.DataFrame:
+    """Rows of different image sizes (so different visual token counts) and system turns."""
     rows = []
-    for index in range(2):
+    for index in range(count):
         path = tmp_path / f"image{index}.png"
-        random_image(64 + 48 * index, 112, index).save(path)
+        random_image(64 + 48 * (index % 3), 112 - 24 * (index % 2), index).save(path)
         rows.append(
             {
                 "id": f"r{index}",
                 "image_path": str(path),
                 "prompt": prompt,
-                "system": None if index == 0 else "你是电商识图助手。",
+                "system": None if index % 2 == 0 else "你是电商识图助手。",
             }
         )
     return pd.DataFrame(rows)
@@ -249,6 +256,26 @@ def test_score_table_rows_columns_and_argmax(scorer, tmp_path: Path, variant) ->
     assert all(isinstance(text, str) for text in table["generated"])
     if not variant.reason_first or not variant.reason:
         assert (table["generated"] == "").all()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [make_variant("plain"), make_variant("reason_first", reason=True)],
+    ids=lambda variant: variant.name,
+)
+def test_batched_scoring_equals_one_image_at_a_time(peaked_scorer, tmp_path: Path, variant) -> None:
+    # Rows of different lengths in one batch: left padding, per-row M-RoPE positions and per-row stops.
+    prompts = prompt_rows(tmp_path, count=5)
+    settings = dict(reason_max_new_tokens=12)
+    one_at_a_time = score_table(peaked_scorer, prompts, NAMES, variant, batch_size=1, **settings)
+    batched = score_table(peaked_scorer, prompts, NAMES, variant, batch_size=3, **settings)
+    probability_columns = [f"p::{name}" for name in NAMES]
+    difference = np.abs(batched[probability_columns].to_numpy() - one_at_a_time[probability_columns].to_numpy())
+    assert difference.max() < 1e-4
+    assert list(batched["predicted"]) == list(one_at_a_time["predicted"])
+    assert list(batched["generated"]) == list(one_at_a_time["generated"])
+    if variant.generates_reason:
+        assert batched["generated"].str.len().min() > 0, "every row generated a reason to compare"
 
 
 def test_reason_slot_and_extraction_round_trip() -> None:

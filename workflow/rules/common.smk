@@ -101,12 +101,16 @@ def training_settings(wildcards, input):
 
 
 def scoring_settings():
-    """How every scoring job scores, as score_tables' arguments: the device, the reason budget, and the
-    training's image pixel limits, which scoring resizes by too (None: LLaMA-Factory's defaults).
+    """How every scoring job scores, as score_tables' arguments: the device, the backend and its batch size,
+    the reason budget, and the training's image pixel limits, which scoring resizes by too (None:
+    LLaMA-Factory's defaults).
     """
     hyperparameters = config["train"]["hyperparameters"]
     return {
         "device": config["score"]["device"],
+        "backend": config["score"]["backend"],
+        "vllm_python": config["score"]["vllm_python"],
+        "batch_size": config["score"]["batch_size"],
         "reason_max_new_tokens": config["score"]["max_new_tokens"],
         "image_pixels": {
             name: hyperparameters.get(name)

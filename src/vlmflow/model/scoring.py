@@ -62,50 +62,57 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Scorer:
-    """A model in eval mode with its processor and LLaMA-Factory template; images are resized by the
-    template's plugin from ``processor.image_max_pixels``/``image_min_pixels``, as in training."""
+class ScoringRequest:
+    """One prompt row to score: its image, its prompt (one ``<image>`` placeholder) and its system turn."""
 
-    model: torch.nn.Module
+    image: ImageInput
+    prompt: str
+    system: str | None = None
+
+
+@dataclass
+class PromptEncoder:
+    """The family's LLaMA-Factory template and multimodal plugin around a processor: prompts and answers as
+    the token ids training saw, images resized from ``processor.image_max_pixels``/``image_min_pixels``.
+    Every scoring backend encodes through it, so they all score the same tokens and pixels."""
+
     processor: object
     tokenizer: object
     template: object  # llamafactory.data.template.Template
     family: ModelFamily
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
     def end_of_turn_id(self) -> int:
         return self.tokenizer.eos_token_id  # the template's stop word, <|im_end|> (replace_eos)
 
-    def prompt_ids(self, image: Image.Image, prompt: str, system: str | None = None) -> list[int]:
+    def regularized_image(self, image: ImageInput) -> Image.Image:
+        """The image as the plugin resizes it for training (within the pixel limits, RGB)."""
+        [regularized] = self.template.mm_plugin._regularize_images([open_image(image)], **self._pixel_limits())[
+            "images"
+        ]
+        return regularized
+
+    def _pixel_limits(self) -> dict:
+        return {
+            "image_max_pixels": self.processor.image_max_pixels,
+            "image_min_pixels": self.processor.image_min_pixels,
+        }
+
+    def prompt_ids(self, image: ImageInput, prompt: str, system: str | None = None) -> list[int]:
         """The template's tokens up to the answer, the image placeholder expanded to its visual tokens."""
         if prompt.count(IMAGE_PLACEHOLDER) != 1:
             raise ValueError(f"a prompt needs exactly one {IMAGE_PLACEHOLDER} placeholder: {prompt[:80]!r}")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-        messages = self.template.mm_plugin.process_messages(messages, [image], [], [], self.processor)
+        messages = self.template.mm_plugin.process_messages(messages, [open_image(image)], [], [], self.processor)
         ids, _ = self.template.encode_oneturn(self.tokenizer, messages, system)
         return ids
 
-    def encode_prompt(
-        self, image: ImageInput, prompt: str, system: str | None = None, extra_ids: list[int] | None = None
-    ) -> dict:
-        """Model inputs (ids, pixels, grid, ``mm_token_type_ids``) with ``extra_ids`` appended as text."""
-        image = open_image(image)
-        ids = self.prompt_ids(image, prompt, system) + list(extra_ids or [])
-        mm_inputs = self.template.mm_plugin.get_mm_inputs([image], [], [], [1], [0], [0], [ids], self.processor)
-        input_ids = torch.tensor([ids])
-        # Image tokens are type 1, text 0, as LLaMA-Factory's collator marks them for M-RoPE.
-        mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "mm_token_type_ids": mm_token_type_ids,
-            **{name: value for name, value in mm_inputs.items() if isinstance(value, torch.Tensor)},
-        }
-        return {name: value.to(self.device) for name, value in inputs.items()}
+    def image_inputs(self, image: ImageInput, ids: list[int]) -> dict:
+        """The processor's tensors of one image (pixels, grid) for the prompt ``ids`` it belongs to."""
+        mm_inputs = self.template.mm_plugin.get_mm_inputs(
+            [open_image(image)], [], [], [1], [0], [0], [ids], self.processor
+        )
+        return {name: value for name, value in mm_inputs.items() if isinstance(value, torch.Tensor)}
 
     def answer_ids(self, labels: list[str], answer_before: str = "", answer_after: str = "") -> list[list[int]]:
         """Each label's answer tokens through the end of turn, as the template encodes the answer in training.
@@ -126,6 +133,82 @@ class Scorer:
             answers.append(ids[: ids.index(self.end_of_turn_id) + 1])
         return answers
 
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def load_encoder(
+    model_dir: str | Path, image_max_pixels: int | None = None, image_min_pixels: int | None = None
+) -> PromptEncoder:
+    """The processor of ``model_dir`` with its family's LLaMA-Factory template; the pixel limits are the
+    training's (``None``: LLaMA-Factory's defaults)."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import AutoProcessor
+
+    family = family_of(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    # The attributes LLaMA-Factory's loader sets on the processor, which its plugin resizes images by.
+    defaults = ModelArguments.__dataclass_fields__
+    processor.image_max_pixels = image_max_pixels or defaults["image_max_pixels"].default
+    processor.image_min_pixels = image_min_pixels or defaults["image_min_pixels"].default
+    tokenizer = processor.tokenizer
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=family.template))
+    return PromptEncoder(processor, tokenizer, template, family)
+
+
+@dataclass
+class Scorer:
+    """The transformers backend: a model in eval mode and its ``PromptEncoder``. Requests run in batches,
+    left-padded, each row with its own M-RoPE positions."""
+
+    model: torch.nn.Module
+    encoder: PromptEncoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.encoder.end_of_turn_id
+
+    def answer_ids(self, labels: list[str], answer_before: str = "", answer_after: str = "") -> list[list[int]]:
+        return self.encoder.answer_ids(labels, answer_before, answer_after)
+
+    def encode_prompt(
+        self, image: ImageInput, prompt: str, system: str | None = None, extra_ids: list[int] | None = None
+    ) -> dict:
+        """Model inputs (ids, pixels, grid, ``mm_token_type_ids``) with ``extra_ids`` appended as text."""
+        return self.encode_batch([ScoringRequest(image, prompt, system)], [list(extra_ids or [])])
+
+    def encode_batch(self, requests: list[ScoringRequest], extra_ids: list[list[int]]) -> dict:
+        """Model inputs of several requests, each with its ``extra_ids`` appended, left-padded to one length
+        (the last position of every row is its own last token)."""
+        rows, images = [], []
+        for request, extra in zip(requests, extra_ids, strict=True):
+            image = open_image(request.image)
+            ids = self.encoder.prompt_ids(image, request.prompt, request.system) + list(extra)
+            rows.append(ids)
+            images.append(self.encoder.image_inputs(image, ids))
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_of_turn_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        # Image tokens are type 1, text 0, as LLaMA-Factory's collator marks them for M-RoPE.
+        mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
+        for name in images[0]:  # one image per row: the processor's rows (patches, grids) stack in order
+            inputs[name] = torch.cat([image[name] for image in images])
+        return {name: value.to(self.device) for name, value in inputs.items()}
+
     def positions(self, inputs: dict) -> torch.Tensor:
         """M-RoPE position ids (3, batch, length) of encoded inputs, from the model's own rope index."""
         positions, _ = self.model.model.get_rope_index(
@@ -137,13 +220,15 @@ class Scorer:
         return positions
 
     @staticmethod
-    def continuation_positions(prefix_positions: torch.Tensor, batch: int, width: int) -> torch.Tensor:
-        """Positions (3, batch, width) of text tokens appended to an encoded prefix: after the image, text
-        positions run on from the prefix's largest position, equal on all three M-RoPE axes."""
-        start = prefix_positions.max() + 1
-        return (start + torch.arange(width, device=prefix_positions.device)).expand(3, batch, width)
+    def continuation_positions(prefix_positions: torch.Tensor, repeats: int, width: int) -> torch.Tensor:
+        """Positions (3, rows * repeats, width) of text tokens appended ``repeats`` times to each row of an
+        encoded prefix: after the image, text positions run on from the row's largest position, equal on all
+        three M-RoPE axes."""
+        start = prefix_positions.amax(dim=(0, 2)) + 1  # per row; padding positions are 1, below every start
+        steps = torch.arange(width, device=prefix_positions.device)
+        per_row = start.repeat_interleave(repeats)[:, None] + steps[None]
+        return per_row.expand(3, -1, -1)
 
-    @torch.inference_mode()
     def score_labels(
         self,
         image: ImageInput,
@@ -154,39 +239,53 @@ class Scorer:
         answer_before: str = "",
         answer_after: str = "",
     ) -> np.ndarray:
-        """Probability of each label: prompt + image + shared answer tokens once, then all labels in one batch."""
-        answers = self.answer_ids(labels, answer_before, answer_after)
-        shared = _shared_length(answers)
-        inputs = self.encode_prompt(image, prompt, system, answers[0][:shared])
+        """Probability of each label for one image (``score_many`` of one request)."""
+        return self.score_many([ScoringRequest(image, prompt, system)], labels, [(answer_before, answer_after)])[0]
+
+    @torch.inference_mode()
+    def score_many(
+        self, requests: list[ScoringRequest], labels: list[str], answers: list[tuple[str, str]]
+    ) -> np.ndarray:
+        """Probabilities (requests x labels): each request's prompt, image and the answer tokens its labels
+        share run once, as one left-padded batch; then every (request, label) continuation runs as one
+        right-padded batch on top of the prompts' KV cache."""
+        answer_ids = [self.answer_ids(labels, before, after) for before, after in answers]
+        shared = [_shared_length(ids) for ids in answer_ids]
+        inputs = self.encode_batch(requests, [ids[0][:length] for ids, length in zip(answer_ids, shared, strict=True)])
         # Explicit M-RoPE positions: the model's own path keeps rope_deltas as state between calls.
         positions = self.positions(inputs)
         prefix = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-        first_logprobs = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
+        first_logprobs = torch.log_softmax(prefix.logits[:, -1].float(), dim=-1)  # (requests, vocab)
 
-        continuations = [answer[shared:] for answer in answers]
-        batch, width, prefix_length = len(continuations), max(map(len, continuations)), positions.shape[-1]
+        continuations = [
+            answer[length:]
+            for label_answers, length in zip(answer_ids, shared, strict=True)
+            for answer in label_answers
+        ]
+        count = len(labels)
+        rows, width = len(continuations), max(map(len, continuations))
         lengths = torch.tensor([len(tokens) for tokens in continuations], device=self.device)
-        ids = torch.full((batch, width), self.end_of_turn_id, device=self.device)
+        ids = torch.full((rows, width), self.end_of_turn_id, device=self.device)
         for row, tokens in enumerate(continuations):
             ids[row, : len(tokens)] = torch.tensor(tokens, device=self.device)
         valid = torch.arange(width, device=self.device)[None] < lengths[:, None]
-        mask = torch.cat([torch.ones(batch, prefix_length, dtype=torch.long, device=self.device), valid.long()], 1)
-        continuation_positions = self.continuation_positions(positions, batch, width)
+        mask = torch.cat([inputs["attention_mask"].repeat_interleave(count, dim=0), valid.long()], 1)
         cache = copy.deepcopy(prefix.past_key_values)  # the copy is widened; the prefix's cache stays intact
-        cache.batch_repeat_interleave(batch)
+        cache.batch_repeat_interleave(count)
         logits = self.model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=continuation_positions,
+            position_ids=self.continuation_positions(positions, count, width),
             past_key_values=cache,
             use_cache=True,
         ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         # Token t is predicted at position t - 1; the first token by the prefix's last position.
-        predictors = torch.cat([first_logprobs.expand(batch, 1, -1), logprobs[:, :-1]], dim=1)
+        first = first_logprobs.repeat_interleave(count, dim=0)[:, None]
+        predictors = torch.cat([first, logprobs[:, :-1]], dim=1)
         token_logprobs = predictors.gather(-1, ids[..., None]).squeeze(-1)
-        scores = torch.where(valid, token_logprobs, 0.0).sum(dim=1)
-        return _softmax(scores.cpu().numpy())
+        scores = torch.where(valid, token_logprobs, 0.0).sum(dim=1).view(len(requests), count)
+        return np.stack([_softmax(row) for row in scores.cpu().numpy()])
 
     @torch.inference_mode()
     def score_labels_naive(
@@ -208,7 +307,6 @@ class Scorer:
             scores.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, target).sum().item())
         return _softmax(np.array(scores))
 
-    @torch.inference_mode()
     def generate(
         self,
         image: ImageInput,
@@ -220,9 +318,30 @@ class Scorer:
         answer_prefix: str = "",
         stop: str | None = None,
     ) -> str:
-        """Greedy continuation of the answer after ``answer_prefix``; stops at <|im_end|> or at ``stop``."""
-        prefix_ids = self.tokenizer(answer_prefix, add_special_tokens=False)["input_ids"] if answer_prefix else []
-        inputs = self.encode_prompt(image, prompt, system, prefix_ids)
+        """Greedy continuation of one image's answer (``generate_many`` of one request)."""
+        [text] = self.generate_many(
+            [ScoringRequest(image, prompt, system)],
+            answer_prefix=answer_prefix,
+            stop=stop,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+        )
+        return text
+
+    @torch.inference_mode()
+    def generate_many(
+        self,
+        requests: list[ScoringRequest],
+        *,
+        answer_prefix: str = "",
+        stop: str | None = None,
+        max_new_tokens: int = 100,
+        min_new_tokens: int = 0,
+    ) -> list[str]:
+        """Greedy continuation of each request's answer after ``answer_prefix``, as one left-padded batch;
+        a row stops at <|im_end|> or once its text ends with ``stop`` (kept in the text)."""
+        prefix_ids = self.encoder.text_ids(answer_prefix)
+        inputs = self.encode_batch(requests, [prefix_ids] * len(requests))
         stopping = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
         output = self.model.generate(
             **inputs,
@@ -234,7 +353,8 @@ class Scorer:
             top_k=None,
             **stopping,  # Qwen's generation_config sets sampling knobs
         )
-        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        generated = output[:, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -260,30 +380,18 @@ def load_scorer(
     image_max_pixels: int | None = None,
     image_min_pixels: int | None = None,
 ) -> Scorer:
-    """Load model, processor and the family's LLaMA-Factory template; float32 on the CPU and bfloat16
-    elsewhere unless ``dtype``. The pixel limits are the training's (``None``: LLaMA-Factory's defaults).
+    """Load model and ``PromptEncoder``; float32 on the CPU and bfloat16 elsewhere unless ``dtype``. The
+    pixel limits are the training's (``None``: LLaMA-Factory's defaults).
 
     ``device="auto"`` takes the GPU when there is one.
     """
-    from llamafactory.data import get_template_and_fix_tokenizer
-    from llamafactory.hparams import DataArguments, ModelArguments
-    from transformers import AutoProcessor
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if num_threads:
         torch.set_num_threads(num_threads)
     dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
-    family = family_of(model_dir)
     model = load_model(model_dir, dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    # The attributes LLaMA-Factory's loader sets on the processor, which its plugin resizes images by.
-    defaults = ModelArguments.__dataclass_fields__
-    processor.image_max_pixels = image_max_pixels or defaults["image_max_pixels"].default
-    processor.image_min_pixels = image_min_pixels or defaults["image_min_pixels"].default
-    tokenizer = processor.tokenizer
-    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=family.template))
-    return Scorer(model, processor, tokenizer, template, family)
+    return Scorer(model, load_encoder(model_dir, image_max_pixels, image_min_pixels))
 
 
 def reason_slot(variant: PromptVariant) -> tuple[str, str]:
@@ -305,52 +413,54 @@ def extract_reason(generated: str, tail: str) -> str:
 
 
 def score_table(
-    scorer: Scorer,
+    scorer,
     prompts: pd.DataFrame,
     labels: list[str],
     variant: PromptVariant,
     *,
     reason_max_new_tokens: int = 90,
+    batch_size: int = 1,
     log_every: int = 20,
 ) -> pd.DataFrame:
     """One row per prompt row: ``id``, ``p::<label>`` per label, ``predicted`` and ``generated`` (the reason).
 
     ``prompts`` has id, image_path, prompt and system. Reason-first variants generate the reason greedily
     (at most ``reason_max_new_tokens``, within the task's 100 output tokens), then score the label slot.
+    ``scorer`` is a backend (``Scorer``, or vLLM's) with ``generate_many`` and ``score_many``; rows go to it
+    ``batch_size`` at a time.
     """
-    generate_reason = variant.generates_reason
-    head, tail = reason_slot(variant) if generate_reason else ("", "")
-    rows, started = [], time.monotonic()
-    for done, row in enumerate(prompts.itertuples(index=False), start=1):
-        system = row.system if isinstance(row.system, str) and row.system else None
-        reason = ""
-        if generate_reason:
-            generated = scorer.generate(
-                row.image_path,
-                row.prompt,
-                system=system,
-                answer_prefix=head,
-                max_new_tokens=reason_max_new_tokens,
-                stop=tail,
+    head, tail = reason_slot(variant) if variant.generates_reason else ("", "")
+    rows, started, done = [], time.monotonic(), 0
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts.iloc[start : start + batch_size].itertuples(index=False))
+        requests = [ScoringRequest(row.image_path, row.prompt, system_of(row)) for row in batch]
+        reasons = [""] * len(batch)
+        if variant.generates_reason:
+            generated = scorer.generate_many(
+                requests, answer_prefix=head, stop=tail, max_new_tokens=reason_max_new_tokens
             )
-            reason = extract_reason(generated, tail)
-            before, after = answer_around_label(variant, reason)
-        else:
-            before, after = answer_around_label(variant)
-        probabilities = scorer.score_labels(
-            row.image_path, row.prompt, labels, system=system, answer_before=before, answer_after=after
-        )
-        rows.append(
-            {
-                "id": row.id,
-                **{f"p::{label}": float(p) for label, p in zip(labels, probabilities, strict=True)},
-                "predicted": labels[int(np.argmax(probabilities))],
-                "generated": reason,
-            }
-        )
-        if done % log_every == 0 or done == len(prompts):
+            reasons = [extract_reason(text, tail) for text in generated]
+        answers = [answer_around_label(variant, reason) for reason in reasons]
+        for row, reason, probabilities in zip(
+            batch, reasons, scorer.score_many(requests, labels, answers), strict=True
+        ):
+            rows.append(
+                {
+                    "id": row.id,
+                    **{f"p::{label}": float(p) for label, p in zip(labels, probabilities, strict=True)},
+                    "predicted": labels[int(np.argmax(probabilities))],
+                    "generated": reason,
+                }
+            )
+        previously, done = done, done + len(batch)
+        if done // log_every > previously // log_every or done == len(prompts):
             log.info("scored %d/%d images (%.2f images/s)", done, len(prompts), done / (time.monotonic() - started))
     return pd.DataFrame(rows, columns=["id", *(f"p::{label}" for label in labels), "predicted", "generated"])
+
+
+def system_of(row) -> str | None:
+    """A prompt row's system turn; empty or missing means the template's default."""
+    return row.system if isinstance(row.system, str) and row.system else None
 
 
 def score_tables(
@@ -363,13 +473,33 @@ def score_tables(
     threads: int | None = None,
     image_pixels: dict | None = None,
     reason_max_new_tokens: int = 90,
+    batch_size: int = 1,
+    backend: str = "transformers",
+    vllm_python: str | Path = ".venv-vllm/bin/python",
 ) -> Iterator[pd.DataFrame]:
     """Load the model once and score each prompt table in turn (``score_table``), yielding each as it is
     done, so a caller can write one before the next is scored; ``image_pixels`` are the training's
-    ``image_max_pixels``/``image_min_pixels``."""
+    ``image_max_pixels``/``image_min_pixels``. Backend ``vllm`` scores in the vLLM venv's ``vllm_python``."""
+    settings = dict(reason_max_new_tokens=reason_max_new_tokens, batch_size=batch_size)
+    if backend == "vllm":
+        from vlmflow.model.vllm_backend import score_tables_in_vllm_venv
+
+        yield from score_tables_in_vllm_venv(
+            model_dir,
+            tables,
+            labels,
+            variant,
+            python=vllm_python,
+            image_pixels=image_pixels or {},
+            device=device,
+            **settings,
+        )
+        return
+    if backend != "transformers":
+        raise ValueError(f"score.backend {backend!r}: use transformers or vllm")
     scorer = load_scorer(model_dir, device=device, num_threads=threads, **(image_pixels or {}))
     for table in tables:
-        yield score_table(scorer, table, labels, variant, reason_max_new_tokens=reason_max_new_tokens)
+        yield score_table(scorer, table, labels, variant, **settings)
 
 
 def shard_of_test_records(prompts: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:
