@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-teacher report screenshots test test-fast lint dry-run bench clean
+.PHONY: install demo demo-teacher report screenshots test test-fast lint dry-run plan bench clean
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ lint: install
 
 dry-run: install
 	$(BIN)/snakemake -n
+
+# Before a real run: its GPU jobs, the disk of its models and its estimated GPU hours (vlmflow.runtime.plan),
+# e.g. make plan SNAKEMAKE_ARGS="--configfile my.yaml".
+plan: install
+	$(BIN)/python -m vlmflow.runtime.plan $(SNAKEMAKE_ARGS)
 
 clean:
 	rm -rf results logs resources .snakemake

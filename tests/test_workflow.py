@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from vlmflow.data.labels import load_labels
+from vlmflow.runtime import plan
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 from helpers.variants import make_variant
@@ -356,15 +357,7 @@ def assert_the_teachers_text_reaches_training(demo_run) -> None:
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
     """(rule, wildcards) of every job a `snakemake -n` run plans, except the target rule `all`."""
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
-        header = re.match(r"(?:local)?rule (\w+):", block.strip())
-        if not header or header[1] == "all":
-            continue
-        found = re.search(r"wildcards: (.*)", block)
-        wildcards = dict(item.split("=", 1) for item in found[1].split(", ")) if found else {}
-        jobs.append((header[1], wildcards))
-    return jobs
+    return [(job.rule, job.wildcards) for job in plan.planned_jobs(dry_run_output)]
 
 
 def test_bad_records_stop_the_run_naming_them_and_skip_mode_keeps_count(tmp_path):

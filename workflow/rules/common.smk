@@ -100,6 +100,13 @@ def training_settings(wildcards, input):
     }
 
 
+def fold_model_folder():
+    """A fold's model folder as train_fold's output: temporary unless train.keep_fold_models, so that
+    Snakemake removes it once its last reader (scoring, averaging, loss curves) is done."""
+    folder = directory("results/{variant}/fold{fold}/model")
+    return folder if config["train"]["keep_fold_models"] else temp(folder)
+
+
 def scoring_settings():
     """How every scoring job scores, as score_tables' arguments: the device, the backend and its batch size,
     the reason budget, and the training's image pixel limits, which scoring resizes by too (None:

@@ -45,7 +45,7 @@ rule train_fold:
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
-        model=directory("results/{variant}/fold{fold}/model"),
+        model=fold_model_folder(),
         config="results/{variant}/fold{fold}/llamafactory.yaml",
         run="results/{variant}/fold{fold}/mlflow_run.json",
     log:
