@@ -68,6 +68,10 @@ def test_smoke_run_reports_throughput_mfu_and_scoring_time(tmp_path):
         assert math.isfinite(run["mfu"]) and run["mfu"] > 0
     assert report["parameters"] > 0 and report["matmul_tflops"] > 0
     assert report["scoring"]["labels"] == 25 and report["scoring"]["median_seconds_per_image"] > 0
+    throughput = report["scoring"]["throughput"]
+    assert [(row["backend"], row["batch_size"]) for row in throughput] == [("transformers", 1), ("transformers", 2)]
+    assert all(row["images"] == 4 and row["images_per_second"] > 0 for row in throughput)
+    assert "| transformers | 2 | 4 |" in result.stdout
     assert "| z3 |" in result.stdout  # the markdown table is printed
     for number, stage in enumerate(("z2", "z3"), start=1):  # each run went through the workflow's YAML
         yaml_text = (tmp_path / "work" / f"run{number}_{stage}" / "llamafactory.yaml").read_text()

@@ -117,7 +117,6 @@ def demo_prompts(workdir: Path, labels, images: int):
 
     from vlmflow.demo.dataset import generate_demo_dataset
     from vlmflow.prompting.prompts import build_prompt_table
-    from vlmflow.prompting.variants import PromptVariant
 
     demo_dir = workdir / "demo"
     generate_demo_dataset(demo_dir, labels, n_train=images, n_test=0, flip_fraction=0.0, seed=0)
@@ -131,11 +130,18 @@ def demo_prompts(workdir: Path, labels, images: int):
             "label": [document["output"] for document in documents],
         }
     )
-    # The baseline variant: every switch at the schema's default, as the workflow would validate it.
+    return build_prompt_table(records, {}, baseline_variant(), labels)
+
+
+def baseline_variant():
+    """The baseline variant: every switch at the schema's default, as the workflow would validate it (read from
+    the schema by hand: a GPU machine may lack Snakemake's validator)."""
+    from vlmflow.prompting.variants import PromptVariant
+
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text(encoding="utf-8"))
     switches = schema["properties"]["variants"]["items"]["properties"]
     defaults = {key: spec["default"] for key, spec in switches.items() if "default" in spec}
-    return build_prompt_table(records, {}, PromptVariant.from_config({"name": "baseline", **defaults}), labels)
+    return PromptVariant.from_config({"name": "baseline", **defaults})
 
 
 def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:
@@ -263,6 +269,33 @@ def time_scoring(model_dir: Path, prompts, labels, args: argparse.Namespace) -> 
         "dtype": str(next(scorer.model.parameters()).dtype).removeprefix("torch."),
         "median_seconds_per_image": statistics.median(seconds),
         "mean_seconds_per_image": statistics.fmean(seconds),
+        "throughput": [table_throughput(scorer, prompts, names, batch, args) for batch in args.score_batch_sizes],
+    }
+
+
+def table_throughput(scorer, prompts, names: list[str], batch_size: int, args: argparse.Namespace) -> dict:
+    """Images/s of ``score_table`` (the workflow's scoring call) at ``batch_size``, over the rendered prompts
+    repeated to ``--throughput-images`` rows; one batch warms up."""
+    import pandas as pd
+    import torch
+
+    from vlmflow.model.scoring import score_table
+
+    variant = baseline_variant()
+    rows = pd.concat([prompts] * (args.throughput_images // len(prompts) + 1)).iloc[: args.throughput_images]
+    score_table(scorer, rows.iloc[:batch_size], names, variant, batch_size=batch_size)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    score_table(scorer, rows, names, variant, batch_size=batch_size)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "backend": "transformers",
+        "batch_size": batch_size,
+        "images": len(rows),
+        "images_per_second": len(rows) / seconds,
     }
 
 
@@ -312,6 +345,12 @@ def markdown(report: dict) -> str:
             f"{scoring['median_seconds_per_image']:.3f} s per image, mean {scoring['mean_seconds_per_image']:.3f} s, "
             f"over {scoring['images']} images after 1 warm-up"
         )
+        lines += ["", "| scoring backend | batch | images | images/s |", "|---|---|---|---|"]
+        for measured in scoring["throughput"]:
+            lines.append(
+                f"| {measured['backend']} | {measured['batch_size']} | {measured['images']} "
+                f"| {measured['images_per_second']:.2f} |"
+            )
     lines.append(f"end to end: {report['total_seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -334,6 +373,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-pixels", type=int, help="processor's image cap (default 768*768; smoke 64*28*28)")
     parser.add_argument("--images", type=int, help="rendered training images (default 16; smoke 4)")
     parser.add_argument("--score-images", type=int, help="images timed for scoring, 0 for none (default 10; smoke 2)")
+    parser.add_argument("--score-batch-sizes", type=int, nargs="+", help="score_table batch sizes (default 1 8)")
+    parser.add_argument("--throughput-images", type=int, help="rows per throughput table (default 64; smoke 4)")
     parser.add_argument("--threads", type=int, help="CPU threads per job (default min(8, cores); smoke 2)")
     parser.add_argument("--workdir", type=Path, help="keep models, datasets and logs here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_speed.json")
@@ -348,6 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "max_pixels": 64 * 28 * 28 if smoke else 768 * 768,
         "images": 4 if smoke else 16,
         "score_images": 2 if smoke else 10,
+        "score_batch_sizes": [1, 2] if smoke else [1, 8],
+        "throughput_images": 4 if smoke else 64,
         "threads": 2 if smoke else min(8, os.cpu_count() or 1),
     }
     for name, value in defaults.items():
