@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--reason-images", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=["transformers", "vllm"])
+    parser.add_argument("--full", metavar="BACKEND", help="also score every test image with BACKEND, largest batch")
     args = parser.parse_args()
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +142,12 @@ def main() -> None:
             for batch in args.batch_sizes:
                 rate = scoring_rate(workdir, test.iloc[:count], variants[name], backend, batch)
                 print(f"| {name} | {backend} | {batch} | {count} | {rate:.2f} |", flush=True)
+    if args.full:
+        batch = max(args.batch_sizes)
+        rate = scoring_rate(workdir, test, variants["baseline"], args.full, batch)
+        print(f"| baseline | {args.full} | {batch} | {len(test):,} (all) | {rate:.2f} |")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\nPeak resident memory of this process: {peak:,.0f} MB")
 
 
 if __name__ == "__main__":

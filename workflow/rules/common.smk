@@ -116,7 +116,8 @@ def scoring_settings():
     return {
         "device": config["score"]["device"],
         "backend": config["score"]["backend"],
-        "vllm_python": config["score"]["vllm_python"],
+        # From the workflow's folder (where `make install-vllm` puts it), whatever --directory is.
+        "vllm_python": str(Path(workflow.basedir) / config["score"]["vllm_python"]),
         "batch_size": config["score"]["batch_size"],
         "reason_max_new_tokens": config["score"]["max_new_tokens"],
         "image_pixels": {
