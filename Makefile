@@ -10,11 +10,14 @@ CORES ?= all
 # options such as --rerun-triggers and --forcerun take every word after them.
 SNAKEMAKE_ARGS ?=
 STAMP := $(VENV)/.installed
+# The vLLM scoring backend's venv (make install-vllm; score.vllm_python points at its Python).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-teacher report screenshots test test-fast lint dry-run plan bench clean
+.PHONY: install install-vllm demo demo-teacher report screenshots test test-fast lint dry-run plan bench clean
 
 install: $(STAMP)
 
@@ -29,6 +32,20 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements/deepspeed.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# The venv of score.backend vllm: vLLM 0.32 needs torch 2.13 and transformers >= 5.16, newer than .venv
+# pins, so it gets its own (about 3 minutes and 6.5 GB). torch first, then the rest pinned, then vLLM and
+# LLaMA-Factory without their own requirements, then vlmflow; the requirement files say why.
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements/vllm-torch.txt requirements/vllm.txt requirements/vllm-nodeps.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements/vllm-torch.txt -c requirements/vllm.txt
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements/vllm.txt -c requirements/vllm-torch.txt
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r requirements/vllm-nodeps.txt
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
@@ -60,7 +77,7 @@ demo-teacher: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml $(SNAKEMAKE_ARGS)
 	@cat results/summary.md
 
-test: install
+test: install install-vllm
 	$(BIN)/python -m pytest
 
 # The daily loop: library units and rule-level runs, no fine-tune or whole-workflow run (a few minutes).

@@ -4,7 +4,9 @@ import contextlib
 import copy
 import json
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,6 +97,34 @@ def test_sharded_test_scores_equal_unsharded_scoring(demo_run):
     probabilities = merged.filter(like="p::").to_numpy()
     assert np.abs(probabilities - whole.filter(like="p::").to_numpy()).max() < 1e-6
     assert list(merged["predicted"]) == list(whole["predicted"])
+
+
+@pytest.mark.slow
+def test_the_vllm_backend_scores_folds_as_the_transformers_backend_does(demo_run, tmp_path):
+    """score.backend vllm through score_fold, in the venv `make install-vllm` makes (.venv-vllm): a label-first
+    variant (baseline) and a reason-first one (taught) give the transformers backend's tables."""
+    vllm_python = REPO / ".venv-vllm" / "bin" / "python"
+    assert vllm_python.is_file(), "no .venv-vllm: run `make install-vllm` (make test does)"
+    workdir = tmp_path / "vllm"
+    shutil.copytree(demo_run.workdir, workdir, symlinks=True)  # the fold models and Snakemake's records
+    config = copy.deepcopy(demo_run.config)
+    config["score"] = {**config.get("score", {}), "backend": "vllm"}  # a params change: score_fold reruns
+    tables = [f"results/{variant}/fold0/{table}" for variant in ("baseline", "taught") for table in SCORED]
+    run_snakemake(workdir, config, "--cores", "2", *tables)
+    for table in tables:
+        log = (workdir / "logs/score" / Path(table).parts[1] / "fold0.log").read_text(encoding="utf-8")
+        assert "vLLM" in log, f"{table} was not scored by vLLM:\n{log[-2000:]}"
+        by_vllm, by_transformers = pd.read_parquet(workdir / table), pd.read_parquet(demo_run.workdir / table)
+        assert list(by_vllm["id"]) == list(by_transformers["id"])
+        difference = by_vllm.filter(like="p::").to_numpy() - by_transformers.filter(like="p::").to_numpy()
+        assert np.abs(difference).max() < 1e-4, table
+        assert list(by_vllm["predicted"]) == list(by_transformers["predicted"])
+        assert list(by_vllm["generated"]) == list(by_transformers["generated"]), "reasons differ"
+    assert (pd.read_parquet(workdir / tables[2])["generated"].str.len() > 0).all(), "taught generated reasons"
+
+
+# What score_fold writes: the held-out records' table and the first test shard's.
+SCORED = ("oof_probs.parquet", "test_shards/0.parquet")
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def open_image(image: ImageInput) -> Image.Image:
     return Image.open(image)
 
 
-def _shared_length(sequences: list[list[int]]) -> int:
+def shared_prefix_length(sequences: list[list[int]]) -> int:
     """Tokens all sequences start with, leaving each at least one token of its own to score."""
     shared = 0
     while shared < min(map(len, sequences)) - 1 and len({seq[shared] for seq in sequences}) == 1:
@@ -56,7 +56,7 @@ def _shared_length(sequences: list[list[int]]) -> int:
     return shared
 
 
-def _softmax(scores: np.ndarray) -> np.ndarray:
+def softmax(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     weights = np.exp(scores - scores.max())
     return weights / weights.sum()
@@ -262,7 +262,7 @@ class Scorer:
         share run once, as one left-padded batch; then every (request, label) continuation runs as one
         right-padded batch on top of the prompts' KV cache."""
         answer_ids = [self.answer_ids(labels, before, after) for before, after in answers]
-        shared = [_shared_length(ids) for ids in answer_ids]
+        shared = [shared_prefix_length(ids) for ids in answer_ids]
         inputs = self.encode_batch(requests, [ids[0][:length] for ids, length in zip(answer_ids, shared, strict=True)])
         # Explicit M-RoPE positions: the model's own path keeps rope_deltas as state between calls.
         positions = self.positions(inputs)
@@ -297,7 +297,7 @@ class Scorer:
         predictors = torch.cat([first, logprobs[:, :-1]], dim=1)
         token_logprobs = predictors.gather(-1, ids[..., None]).squeeze(-1)
         scores = torch.where(valid, token_logprobs, 0.0).sum(dim=1).view(len(requests), count)
-        return np.stack([_softmax(row) for row in scores.cpu().numpy()])
+        return np.stack([softmax(row) for row in scores.cpu().numpy()])
 
     @torch.inference_mode()
     def score_labels_naive(
@@ -317,7 +317,7 @@ class Scorer:
             logits = self.model(**inputs, use_cache=False).logits[0, -len(answer) - 1 : -1]
             target = torch.tensor(answer, device=self.device)[:, None]
             scores.append(torch.log_softmax(logits.float(), dim=-1).gather(-1, target).sum().item())
-        return _softmax(np.array(scores))
+        return softmax(np.array(scores))
 
     def generate(
         self,
