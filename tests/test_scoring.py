@@ -16,7 +16,6 @@ import yaml
 from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
-from vlmflow.demo.tiny_model import build_tiny_model
 from vlmflow.model.families import FAMILIES, family_of
 from vlmflow.model.scoring import (
     extract_reason,
@@ -28,6 +27,7 @@ from vlmflow.model.scoring import (
 )
 from vlmflow.prompting.prompts import answer_around_label, write_llamafactory_dataset
 
+from helpers.scoring_models import build_scoring_model
 from helpers.variants import make_variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,17 +45,7 @@ def random_image(width: int, height: int, seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(
-        tmp_path_factory.mktemp(f"scoring-{request.param}") / "model",
-        [PROMPT, *NAMES],
-        family=request.param,
-        seed=0,
-        text_hidden_size=64,
-        text_layers=2,
-        vision_depth=1,
-        max_visual_tokens=16,
-        min_visual_tokens=4,
-    )
+    return build_scoring_model(tmp_path_factory.mktemp(f"scoring-{request.param}") / "model", request.param)
 
 
 @pytest.fixture(scope="module")

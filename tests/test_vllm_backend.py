@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
-from vlmflow.demo.tiny_model import build_tiny_model
 from vlmflow.model.scoring import ScoringRequest, load_scorer, reason_slot, score_table
 from vlmflow.model.vllm_backend import score_tables_in_vllm_venv, vllm_environment
 
+from helpers.scoring_models import build_scoring_model
 from helpers.variants import make_variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,17 +62,7 @@ def peak(model_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("vllm-qwen2-vl") / "model"
-    built = build_tiny_model(
-        folder,
-        [PROMPT, *NAMES],
-        family="qwen2_vl",
-        seed=0,
-        text_hidden_size=64,
-        text_layers=2,
-        vision_depth=1,
-        max_visual_tokens=16,
-        min_visual_tokens=4,
-    )
+    built = build_scoring_model(folder, "qwen2_vl")
     return peak(built)
 
 
