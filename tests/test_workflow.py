@@ -120,7 +120,8 @@ def test_the_vllm_backend_scores_folds_as_the_transformers_backend_does(demo_run
         assert np.abs(difference).max() < 1e-4, table
         assert list(by_vllm["predicted"]) == list(by_transformers["predicted"])
         assert list(by_vllm["generated"]) == list(by_transformers["generated"]), "reasons differ"
-    assert (pd.read_parquet(workdir / tables[2])["generated"].str.len() > 0).all(), "taught generated reasons"
+    reasons = pd.read_parquet(workdir / tables[2])["generated"]
+    assert (reasons.str.len() > 0).mean() > 0.5, "the reason-first variant generated reasons to compare"
 
 
 # What score_fold writes: the held-out records' table and the first test shard's.
