@@ -39,6 +39,7 @@ rule all:
 # An MLflow server that could not be reached is said last, where it is seen (vlmflow.tracking.offline).
 onsuccess:
     tell_if_mlflow_was_offline()
+    tell_warnings()
 
 
 onerror:

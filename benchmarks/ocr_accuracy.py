@@ -4,8 +4,8 @@ Renders seeded demo screenshots (vlmflow.demo.dataset, the demo's 360x640 size a
 the exact strings the renderer draws on each (the truth), OCRs them with each engine using the workflow's
 options (config/config.yaml ``ocr.options``) and ``--threads`` threads, and prints one Markdown table:
 
-- ``rapidocr-onnxruntime`` 1.x (the workflow's engine, called through ``vlmflow.data.ocr.RapidOcrEngine``);
-- ``rapidocr`` 3.x on onnxruntime (``RapidOcr3Engine`` below: the same options in 3.x's names).
+- ``rapidocr-onnxruntime`` 1.x (the workflow's engine until this comparison; ``RapidOcr1Engine`` below);
+- ``rapidocr`` 3.x on onnxruntime (the workflow's engine now, ``vlmflow.data.ocr.RapidOcrEngine``).
 
 CER is edit distance / truth characters, summed over all images (micro-average; characters read on an image
 without text count as errors), after NFKC and with all whitespace removed (where an engine splits or joins words
@@ -187,54 +187,28 @@ def render_samples(count: int, seed: int, folder: Path) -> list[Sample]:
 # ------------------------------------------------------------------------------------------- the engines
 
 
-def _rapidocr3_key(name: str) -> str:
-    """A 1.x keyword (det_limit_type, text_score) as 3.x's dotted config key (Det.limit_type, Global.text_score)."""
-    if "." in name:  # already a 3.x key
-        return name
-    for prefix, section in (("det_", "Det"), ("cls_", "Cls"), ("rec_", "Rec")):
-        if name.startswith(prefix):
-            return f"{section}.{name.removeprefix(prefix)}"
-    return f"Global.{name}"
-
-
 @cache
-def _rapidocr3(threads: int, options: tuple[tuple[str, Any], ...]) -> Any:
+def _rapidocr1(threads: int, options: tuple[tuple[str, Any], ...]) -> Any:
     import cv2
-    from rapidocr import EngineType, ModelType, OCRVersion, RapidOCR
+    from rapidocr_onnxruntime import RapidOCR
 
     cv2.setNumThreads(threads)
-    enums = {"engine_type": EngineType, "model_type": ModelType, "ocr_version": OCRVersion}  # 3.x wants Enums
-    params: dict[str, Any] = {
-        "Global.log_level": "error",  # 3.x logs each model path (info) and warns on every image without text
-        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-    }
-    for name, value in options:
-        key = _rapidocr3_key(name)
-        kind = enums.get(key.rsplit(".", 1)[-1])
-        params[key] = kind(value) if kind and not isinstance(value, kind) else value
-    ocr = RapidOCR(params=params)
-    # 3.x loads each model on its first call. Load them now: a missing model (3.x downloads ones that are not in
-    # its wheel) then fails building the engine instead of every image, and load time is not read time.
-    ocr._load_det_model(), ocr._load_cls_model(), ocr._load_rec_model()
-    return ocr
+    return RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, **dict(options))
 
 
-class RapidOcr3Engine:
-    """RapidOCR 3.x on onnxruntime; takes RapidOcrEngine's options (1.x names) or 3.x's dotted keys."""
+class RapidOcr1Engine:
+    """RapidOCR 1.x (rapidocr-onnxruntime), as the workflow called it before it moved to 3.x."""
 
     name = "rapidocr"
 
     def __init__(self, threads: int = 1, **options: Any) -> None:
-        self._ocr = _rapidocr3(threads, tuple(sorted(options.items())))
+        self._ocr = _rapidocr1(threads, tuple(sorted(options.items())))
 
     def read(self, image_path: str | Path) -> list[OcrLine]:
-        result = self._ocr(str(image_path))
-        if not result.txts:  # None when nothing was found
-            return []
+        found, _elapsed = self._ocr(str(image_path))
         return [
-            OcrLine(str(text), [[round(float(x), 1), round(float(y), 1)] for x, y in box], float(score))
-            for box, text, score in zip(result.boxes, result.txts, result.scores, strict=True)
+            OcrLine(text, [[round(float(x), 1), round(float(y), 1)] for x, y in box], float(score))
+            for box, text, score in found or []
         ]
 
 
@@ -245,8 +219,8 @@ def models_in(package: str) -> str:
 
 
 ENGINES = {  # table name: (distribution, module holding its models, engine class)
-    "rapidocr-onnxruntime (workflow today)": ("rapidocr-onnxruntime", "rapidocr_onnxruntime", RapidOcrEngine),
-    "rapidocr 3.x": ("rapidocr", "rapidocr", RapidOcr3Engine),
+    "rapidocr-onnxruntime": ("rapidocr-onnxruntime", "rapidocr_onnxruntime", RapidOcr1Engine),
+    "rapidocr 3.x (the workflow's)": ("rapidocr", "rapidocr", RapidOcrEngine),
 }
 
 

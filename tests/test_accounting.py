@@ -49,6 +49,7 @@ def test_every_stage_counts_in_out_rejected_and_flagged(stages):
         ["folds", "r3", "flagged"],
     ]
     assert issues.loc[0, "position"] == "t.jsonl line 4" and issues.loc[1, "reason"].startswith("no_text:")
+    assert next(s for s in counted if s["stage"] == "ocr")["with_text"] == 3  # r2's image had none
 
 
 def test_an_ocr_error_is_the_reason_and_no_ocr_table_means_no_ocr_stage(stages):

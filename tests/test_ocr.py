@@ -154,7 +154,7 @@ def test_cache_round_trip_is_atomic_json(tmp_path):
     assert cache.get(sha) is None
     result = OcrResult([OcrLine("合计", box(1, 2), 0.5)], "合计")
     cache.put(sha, result)
-    path = tmp_path / "rapidocr" / "ab" / f"{sha}.json"
+    path = tmp_path / "rapidocr3" / "ab" / f"{sha}.json"
     assert json.loads(path.read_text(encoding="utf-8"))["text"] == "合计"
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
     assert cache.get(sha) == result
@@ -217,7 +217,7 @@ def test_engine_options_get_their_own_cache_namespace(tmp_path):
     tuned = OcrCache(tmp_path, "rapidocr", {"det_limit_type": "max"})
     again = OcrCache(tmp_path, "rapidocr", {"det_limit_type": "max"})
     assert plain.folder != tuned.folder and tuned.folder == again.folder
-    assert tuned.folder.name.startswith("rapidocr-")
+    assert tuned.folder.name.startswith("rapidocr3-")
 
 
 def test_text_by_record_maps_ids_through_image_sha256():

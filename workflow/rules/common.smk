@@ -102,7 +102,8 @@ def training_settings(wildcards, input):
 
 def fold_model_folder():
     """A fold's model folder as train_fold's output: temporary unless train.keep_fold_models, so that
-    Snakemake removes it once its last reader (scoring, averaging, loss curves) is done."""
+    Snakemake removes it once its last reader (scoring, averaging, loss curves) is done.
+    """
     folder = directory("results/{variant}/fold{fold}/model")
     return folder if config["train"]["keep_fold_models"] else temp(folder)
 
@@ -321,3 +322,10 @@ def tell_if_mlflow_was_offline():
     notice = unreachable_notice("results/mlflow_experiment.json")
     if notice:
         print(f"\n{notice}\n", file=sys.stderr)
+
+
+def tell_warnings():
+    """Print, at the end of a run, the summary's warnings (a run that learned nothing, OCR that read nothing)."""
+    warnings = Path("results/warnings.txt")
+    if warnings.is_file() and warnings.read_text(encoding="utf-8").strip():
+        print(f"\n{warnings.read_text(encoding='utf-8')}", file=sys.stderr)

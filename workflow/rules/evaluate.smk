@@ -101,9 +101,11 @@ rule summarize_ablation:
         ],
         logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
         experiment="results/mlflow_experiment.json",
+        stages=expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
     output:
         table="results/summary.csv",
         markdown="results/summary.md",
+        warnings="results/warnings.txt",
         chart=report(
             "results/summary.png",
             caption="../report/summary_chart.rst",
@@ -120,5 +122,6 @@ rule summarize_ablation:
     params:
         variants=list(VARIANTS),
         submitted=SUBMITTED_MODEL,
+        min_ocr_text_share=config["ocr"]["min_text_share"],
     script:
         "../scripts/summarize_ablation.py"

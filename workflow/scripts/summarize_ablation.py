@@ -2,7 +2,15 @@
 
 import json
 
-from vlmflow.evaluation.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
+from vlmflow.evaluation.sanity import run_warnings
+from vlmflow.evaluation.summary import (
+    ablation_row,
+    ablation_table,
+    plot_ablation,
+    summary_metrics,
+    to_markdown,
+    warnings_markdown,
+)
 from vlmflow.recipe.final_models import final_model_of, variant_of
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
@@ -16,8 +24,10 @@ def read_json(path):
 
 log_to(snakemake.log[0])
 # Renamed into place before MLflow logs them (it keeps file names); the run reference is written last.
-output = staged(snakemake.output, "table", "markdown", "chart")
+output = staged(snakemake.output, "table", "markdown", "chart", "warnings")
 metrics = {variant_of(path): read_json(path) for path in snakemake.input.metrics}
+stages = {variant_of(path): read_json(path)["stages"] for path in snakemake.input.stages}
+warnings = run_warnings(metrics, stages, snakemake.params.min_ocr_text_share)
 corrections = {variant_of(path): read_json(path) for path in snakemake.input.correction_scores}
 final_models = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> metrics
 for path in snakemake.input.final_metrics:
@@ -30,7 +40,9 @@ rows = [
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
 with open(output.markdown, "w", encoding="utf-8") as markdown:
-    markdown.write(to_markdown(table))
+    markdown.write(warnings_markdown(warnings) + to_markdown(table))
+with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
+    listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
 plot_ablation(table, output.chart)
 output.commit()
 experiment = read_run(snakemake.input.experiment)

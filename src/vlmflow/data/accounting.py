@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +50,7 @@ class StageCount:
     records_in: int
     records_out: int
     issues: pd.DataFrame  # ISSUE_COLUMNS, one row per rejected or flagged record
+    extra: dict = field(default_factory=dict)  # a stage's own counts (OCR: records whose image had text)
 
     def summary(self) -> dict:
         outcome = self.issues["outcome"]
@@ -62,6 +63,7 @@ class StageCount:
             "rejected": int((outcome == "rejected").sum()),
             "flagged": int((outcome == "flagged").sum()),
             "by_reason": {str(kind): int(n) for kind, n in kinds.value_counts().sort_index().items()},
+            **self.extra,
         }
 
 
@@ -126,7 +128,9 @@ def ocr_count(records: pd.DataFrame, ocr: pd.DataFrame) -> StageCount:
     reasons[text.str.strip() == ""] = "no_text: OCR found no text in the image; the prompt says (无)"
     failed = error != ""
     reasons[failed] = "ocr_failed: OCR could not read the image (" + error[failed] + "); the prompt says (无)"
-    return StageCount("ocr", "all", len(records), len(records), _flagged("ocr", records, reasons))
+    with_text = int(((text.str.strip() != "") & ~failed).sum())
+    flagged = _flagged("ocr", records, reasons)
+    return StageCount("ocr", "all", len(records), len(records), flagged, {"with_text": with_text})
 
 
 def prompt_count(variant: str, records: pd.DataFrame, prompts: pd.DataFrame, warn_chars: int) -> StageCount:

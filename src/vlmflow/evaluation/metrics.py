@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
 
+from vlmflow.evaluation.sanity import no_image_baselines  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PROBABILITY_PREFIX = "p::"
@@ -102,6 +104,8 @@ def evaluate_variant(
     metrics = {
         f"oof_{key}": value for key, value in classification_metrics(oof["given_label"], oof["predicted"]).items()
     }
+    # Whether the models learned anything at all: the interval, and predictors that ignore the image.
+    metrics |= no_image_baselines(oof["given_label"], oof["predicted"], "oof")
     fold_rows = [
         {"fold": fold, **classification_metrics(table["id"].map(given), table["predicted"])}
         for fold, table in sorted(out_of_fold.items())

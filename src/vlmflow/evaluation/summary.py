@@ -72,6 +72,13 @@ def with_titles(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=titles)
 
 
+def warnings_markdown(warnings: list[str]) -> str:
+    """The run's warnings (vlmflow.evaluation.sanity) as a block to put above the table; empty without any."""
+    if not warnings:
+        return ""
+    return "## Warnings\n\n" + "".join(f"- **WARNING**: {warning}\n" for warning in warnings) + "\n"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     return with_titles(table).to_markdown(index=False, floatfmt=".3f") + "\n"
 

@@ -1,0 +1,111 @@
+"""Has a run learned anything? The checks behind the warnings at the end of a run and atop the summary.
+
+A variant learned nothing when its out-of-fold weighted F1 is within its bootstrap interval of what a
+predictor that never looks at the image gets: always the majority label, or labels drawn at the training
+labels' frequencies ("chance", whose expected weighted F1 is the sum of the squared class shares). An OCR
+variant reads no text when OCR found text in only a small share of its images (the record accounting's OCR
+stage counts them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import bootstrap
+from sklearn.metrics import f1_score
+
+# A 95% percentile interval from 1,000 paired resamples of the records; seeded, so a rerun says the same.
+INTERVAL_LEVEL = 0.95
+RESAMPLES = 1000
+SEED = 0
+WHAT_TO_CHECK = (
+    "check that the image paths point at the images, that the demo font draws the text (fonts-wqy-microhei), "
+    "that OCR reads it (results/<variant>/accounting/stages.json), and the learning rate and epochs"
+)
+
+
+def weighted_f1(truth, predicted) -> float:
+    return float(f1_score(truth, predicted, average="weighted", zero_division=0))
+
+
+def weighted_f1_interval(truth: pd.Series, predicted: pd.Series) -> tuple[float, float]:
+    """The bootstrap interval of the weighted F1 of ``predicted`` against ``truth`` (records resampled in pairs)."""
+    if len(truth) < 2:
+        value = weighted_f1(truth, predicted)
+        return value, value
+    result = bootstrap(
+        (np.asarray(truth), np.asarray(predicted)),
+        weighted_f1,
+        paired=True,
+        vectorized=False,
+        n_resamples=RESAMPLES,
+        confidence_level=INTERVAL_LEVEL,
+        method="percentile",
+        random_state=SEED,
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def majority_weighted_f1(truth: pd.Series) -> float:
+    """Weighted F1 of always answering the most frequent label."""
+    return weighted_f1(truth, [truth.mode().iloc[0]] * len(truth))
+
+
+def chance_weighted_f1(truth: pd.Series) -> float:
+    """Expected weighted F1 of labels drawn at the labels' own frequencies: each class's precision and recall are
+    its share p, so its F1 is p, weighted by p."""
+    shares = truth.value_counts(normalize=True)
+    return float((shares**2).sum())
+
+
+def no_image_baselines(truth: pd.Series, predicted: pd.Series, prefix: str) -> dict[str, float]:
+    """A predictions' interval and the two predictors that ignore the image, as ``<prefix>_*`` metrics."""
+    low, high = weighted_f1_interval(truth, predicted)
+    return {
+        f"{prefix}_weighted_f1_low": low,
+        f"{prefix}_weighted_f1_high": high,
+        f"{prefix}_majority_weighted_f1": majority_weighted_f1(truth),
+        f"{prefix}_chance_weighted_f1": chance_weighted_f1(truth),
+    }
+
+
+def learned_nothing(variant: str, metrics: dict) -> str | None:
+    """A warning when the variant's out-of-fold weighted F1 interval reaches a predictor that ignores the image."""
+    low, high = metrics["oof_weighted_f1_low"], metrics["oof_weighted_f1_high"]
+    blind = {"majority-class": metrics["oof_majority_weighted_f1"], "chance": metrics["oof_chance_weighted_f1"]}
+    reached = [f"{name} {value:.3f}" for name, value in blind.items() if value >= low]
+    if not reached:
+        return None
+    return (
+        f"variant {variant} learned nothing: its out-of-fold weighted F1 {metrics['oof_weighted_f1']:.3f} "
+        f"(95% interval {low:.3f} to {high:.3f}) reaches a predictor that never looks at the image "
+        f"({', '.join(reached)}); {WHAT_TO_CHECK}"
+    )
+
+
+def ocr_text_share(stages: list[dict]) -> float | None:
+    """The share of records whose image OCR found text in, from the accounting's OCR stage (None: no OCR)."""
+    ocr = next((stage for stage in stages if stage["stage"] == "ocr"), None)
+    if ocr is None or not ocr["records_in"]:
+        return None
+    return ocr["with_text"] / ocr["records_in"]
+
+
+def unreadable_ocr(variant: str, stages: list[dict], min_share: float) -> str | None:
+    """A warning when an OCR variant's images gave OCR text in less than ``min_share`` of them."""
+    share = ocr_text_share(stages)
+    if share is None or share >= min_share:
+        return None
+    return (
+        f"variant {variant} reads OCR text, but OCR found text in only {share:.0%} of its images "
+        f"(ocr.min_text_share {min_share:.0%}): its prompts say (无) for the rest; {WHAT_TO_CHECK}"
+    )
+
+
+def run_warnings(metrics: dict[str, dict], stages: dict[str, list[dict]], min_ocr_text_share: float) -> list[str]:
+    """Every warning of the run, per variant in order."""
+    found = []
+    for variant in metrics:
+        found.append(learned_nothing(variant, metrics[variant]))
+        found.append(unreadable_ocr(variant, stages[variant], min_ocr_text_share))
+    return [warning for warning in found if warning]

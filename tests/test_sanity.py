@@ -1,0 +1,57 @@
+"""The learned-nothing checks: a predictor at chance is caught, a real one is not, OCR that read nothing is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmflow.evaluation.sanity import (
+    chance_weighted_f1,
+    learned_nothing,
+    no_image_baselines,
+    run_warnings,
+    unreadable_ocr,
+    weighted_f1,
+)
+
+RNG = np.random.default_rng(0)
+LABELS = pd.Series(RNG.choice(list("abcde"), size=300, p=[0.4, 0.3, 0.15, 0.1, 0.05]))
+
+
+def metrics_of(predicted) -> dict:
+    baselines = no_image_baselines(LABELS, pd.Series(predicted), "oof")
+    return {"oof_weighted_f1": weighted_f1(LABELS, predicted), **baselines}
+
+
+def test_chance_is_the_mean_weighted_f1_of_labels_drawn_at_their_frequencies():
+    shares = LABELS.value_counts(normalize=True)
+    draws = [weighted_f1(LABELS, RNG.choice(shares.index, size=len(LABELS), p=shares.values)) for _ in range(200)]
+    assert chance_weighted_f1(LABELS) == pytest.approx(np.mean(draws), abs=0.01)
+
+
+def test_a_predictor_that_ignores_the_image_learned_nothing():
+    shares = LABELS.value_counts(normalize=True)
+    at_chance = RNG.choice(shares.index, size=len(LABELS), p=shares.values)
+    warning = learned_nothing("baseline", metrics_of(at_chance))
+    assert warning and "variant baseline learned nothing" in warning and "chance" in warning
+    assert "image paths" in warning and "learning rate" in warning  # what to check
+    majority = learned_nothing("baseline", metrics_of([LABELS.mode()[0]] * len(LABELS)))
+    assert majority and "majority-class" in majority
+
+
+def test_a_predictor_that_is_right_most_of_the_time_learned_something():
+    predicted = LABELS.where(RNG.random(len(LABELS)) < 0.8, "a")
+    metrics = metrics_of(predicted)
+    assert metrics["oof_weighted_f1_low"] < metrics["oof_weighted_f1"] < metrics["oof_weighted_f1_high"]
+    assert learned_nothing("baseline", metrics) is None
+
+
+def test_ocr_that_found_text_in_few_images_is_named():
+    stages = [{"stage": "ocr", "split": "all", "records_in": 50, "with_text": 10}]
+    warning = unreadable_ocr("baseline_ocr", stages, min_share=0.5)
+    assert warning and "only 20% of its images" in warning
+    assert unreadable_ocr("baseline_ocr", [{**stages[0], "with_text": 40}], min_share=0.5) is None
+    assert unreadable_ocr("baseline", [{"stage": "prompts/baseline", "records_in": 50}], min_share=0.5) is None
+    right = metrics_of(LABELS)
+    assert run_warnings({"baseline_ocr": right}, {"baseline_ocr": stages}, 0.5) == [warning]
