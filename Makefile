@@ -9,6 +9,7 @@ CORES ?= all
 # results an older vlmflow made instead of rerunning every job whose code changed since. They come last:
 # options such as --rerun-triggers and --forcerun take every word after them.
 SNAKEMAKE_ARGS ?=
+RANKING := oof_weighted_f1
 STAMP := $(VENV)/.installed
 # The vLLM scoring backend's venv (make install-vllm; score.vllm_python points at its Python).
 VLLM_VENV ?= .venv-vllm
@@ -17,13 +18,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install install-vllm demo demo-teacher report screenshots test test-fast lint dry-run plan bench clean
+.PHONY: install install-vllm test-system-packages demo demo-teacher report screenshots test test-fast lint dry-run plan bench clean
 
 install: $(STAMP)
 
 # torch first: DeepSpeed builds from source against the installed torch (no build isolation).
 $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt requirements/deepspeed.txt pyproject.toml
-	bash scripts/install_system_packages.sh
+	bash scripts/install_system_packages.sh font
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/torch.txt
@@ -47,6 +48,10 @@ $(VLLM_STAMP): requirements/vllm-torch.txt requirements/vllm.txt requirements/vl
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
+# What only the tests use (SLURM for the cluster test, Chromium for the pages); make demo needs neither.
+test-system-packages:
+	bash scripts/install_system_packages.sh font slurm chromium
+
 demo: install
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --report results/report.html
@@ -54,8 +59,10 @@ demo: install
 	@cat results/summary.md
 	@echo; echo "Report (summary, loss curves, confusion matrices, label review, pseudo-labels, configuration):"
 	@echo "  $(CURDIR)/results/report.html"
-	@echo "Browse every run, then open http://127.0.0.1:5000 (experiment vlmflow):"
+	@echo "Browse every run: start MLflow's UI,"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
+	@echo "then open the variants' runs, best out-of-fold weighted F1 first (Sort, then $(RANKING) shows its column):"
+	@echo "  $$($(BIN)/python -m vlmflow.tracking.runs results/mlflow_experiment.json)"
 	@echo "Screenshots of both: make screenshots (results/screenshots/)"
 
 # The Snakemake report of the finished run: every result marked report() with its caption.
@@ -65,6 +72,7 @@ report: install
 # Headless Chromium's view of the report and the MLflow UI of the finished run (Debian's chromium and
 # chromium-driver; scripts/install_system_packages.sh installs them as root).
 screenshots: report
+	bash scripts/install_system_packages.sh chromium
 	PYTHONPATH=tests $(BIN)/python -m helpers.screenshots results
 
 # The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
@@ -77,11 +85,11 @@ demo-teacher: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml $(SNAKEMAKE_ARGS)
 	@cat results/summary.md
 
-test: install install-vllm
+test: install install-vllm test-system-packages
 	$(BIN)/python -m pytest
 
 # The daily loop: library units and rule-level runs, no fine-tune or whole-workflow run (a few minutes).
-test-fast: install
+test-fast: install test-system-packages
 	$(BIN)/python -m pytest -m "not slow"
 
 # Costs of the last `make demo` and of the workflow's machinery; see docs/benchmarks.md.

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# System packages the workflow needs beyond Python: a CJK font to render the demo's Chinese
-# screenshots, SLURM with munge for the one-node cluster tests/test_slurm.py starts
-# (scripts/start_slurm.sh), and Chromium with its matching driver to look at the report and the
-# MLflow UI (tests/test_results_pages.py, make screenshots). Installs from Debian's packages when run
+# System packages beyond Python, by what needs them:
+#   font      a CJK font to render the demo's Chinese screenshots (make install, so make demo: always);
+#   slurm     SLURM with munge for the one-node cluster tests/test_slurm.py starts (scripts/start_slurm.sh);
+#   chromium  Chromium with its matching driver to look at the report and the MLflow UI
+#             (tests/test_results_pages.py, make screenshots).
+# make test asks for all three, make screenshots for chromium. Installs from Debian's packages when run
 # as root; otherwise says what to run. Without the font nothing works, so its absence fails; without
 # SLURM or Chromium only their tests skip.
+#
+#     bash scripts/install_system_packages.sh [font] [slurm] [chromium]     # default: font
 set -euo pipefail
+wanted=" ${*:-font} "
 missing=()
 has_font=yes
 if ! fc-list 2>/dev/null | grep -qiE "wqy|noto.*cjk|source han"; then
   has_font=no
   missing+=(fonts-wqy-microhei)
 fi
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+if [[ $wanted == *" slurm "* ]] && { ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; }; then
   missing+=(slurm-wlm munge)
 fi
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if [[ $wanted == *" chromium "* ]] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   missing+=(chromium chromium-driver)
 fi
 if [ ${#missing[@]} = 0 ]; then

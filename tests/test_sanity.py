@@ -10,6 +10,7 @@ from vlmflow.evaluation.sanity import (
     chance_weighted_f1,
     learned_nothing,
     no_image_baselines,
+    paired_difference,
     run_warnings,
     unreadable_ocr,
     weighted_f1,
@@ -55,3 +56,17 @@ def test_ocr_that_found_text_in_few_images_is_named():
     assert unreadable_ocr("baseline", [{"stage": "prompts/baseline", "records_in": 50}], min_share=0.5) is None
     right = metrics_of(LABELS)
     assert run_warnings({"baseline_ocr": right}, {"baseline_ocr": stages}, 0.5) == [warning]
+
+
+def test_a_paired_difference_tells_a_real_gain_from_the_test_sets_luck():
+    reference = LABELS.where(RNG.random(len(LABELS)) < 0.5, "a")  # right about half the time
+    better = LABELS.where(RNG.random(len(LABELS)) < 0.9, "a")
+    gain = paired_difference(LABELS, better, reference, "d")
+    assert gain["d_low"] > 0 and gain["d_low"] < gain["d"] < gain["d_high"]
+    # Four records changed out of 300: whatever the sign, the interval holds 0.
+    nudged = reference.copy()
+    nudged.iloc[:4] = LABELS.iloc[:4]
+    luck = paired_difference(LABELS, nudged, reference, "d")
+    assert luck["d_low"] <= 0 <= luck["d_high"]
+    same = paired_difference(LABELS, reference, reference, "d")
+    assert same == {"d": 0.0, "d_low": 0.0, "d_high": 0.0}

@@ -57,3 +57,28 @@ def test_the_chart_is_written(tmp_path):
     plot_ablation(ablation_table(rows()), tmp_path / "summary.png")
     assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+
+
+def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_ones_that_clear_it():
+    finals = {
+        "retrain_none": {"test_weighted_f1": 0.60},
+        "retrain_correction": {
+            "test_weighted_f1": 0.62,
+            "test_weighted_f1_minus_none": 0.02,
+            "test_weighted_f1_minus_none_low": -0.03,
+            "test_weighted_f1_minus_none_high": 0.07,
+        },
+        "retrain_correction_pseudo": {
+            "test_weighted_f1": 0.75,
+            "test_weighted_f1_minus_none": 0.15,
+            "test_weighted_f1_minus_none_low": 0.08,
+            "test_weighted_f1_minus_none_high": 0.22,
+        },
+    }
+    row = ablation_row("baseline", {"oof_weighted_f1": 0.5}, {}, finals, "retrain_correction_pseudo")
+    assert row["test_weighted_f1_minus_none.retrain_correction"] == "+0.020 [-0.030, +0.070]"
+    assert row["test_weighted_f1_minus_none.retrain_correction_pseudo"] == "+0.150 [+0.080, +0.220] *"
+    markdown = to_markdown(ablation_table([row]))
+    assert "vs no step, 95% interval: retrain, correction + pseudo" in markdown
+    assert "paired bootstrap interval" in markdown
+    assert "baseline.test_weighted_f1_minus_none.retrain_correction" not in summary_metrics(ablation_table([row]))

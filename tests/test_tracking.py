@@ -92,3 +92,26 @@ def test_child_runs_get_their_variants_switches_and_a_rerun_is_harmless(tmp_path
     share_variant_params(client, parent, folds)
     for fold in folds:
         assert client.get_run(fold).data.params == {"variant.ocr": "True", "variant.ocr_max_chars": "300"}
+
+
+def test_the_printed_runs_table_address_filters_to_variants_and_sorts_by_out_of_fold_f1(tmp_path):
+    import subprocess
+    import sys
+    import urllib.parse
+
+    from vlmflow.tracking.runs import runs_table_url, write_run
+
+    url = runs_table_url("http://127.0.0.1:5000/", "7")
+    base, query = url.split("?")
+    assert base == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert urllib.parse.parse_qs(query) == {
+        "searchFilter": ["tags.level = 'variant'"],
+        "orderByKey": ["metrics.`oof_weighted_f1`"],
+        "orderByAsc": ["false"],
+    }
+    experiment = tmp_path / "mlflow_experiment.json"  # what make demo reads the experiment id from
+    write_run(experiment, "sqlite:///mlflow.db", "vlmflow", "7", None)
+    printed = subprocess.run(
+        [sys.executable, "-m", "vlmflow.tracking.runs", str(experiment)], capture_output=True, text=True, check=True
+    )
+    assert printed.stdout.strip() == url  # the default UI address, http://127.0.0.1:5000

@@ -31,6 +31,25 @@ def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
         assert rule in result.stdout
 
 
+def test_every_final_model_is_compared_with_the_no_step_model_on_the_same_test_images(tmp_path):
+    """The shipped config retrains a no-step model (final.ablation has []): every other final model's
+    evaluation reads its test predictions, for the paired interval of their difference."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config["labels"] = str(REPO / config["labels"])
+    dry_run = run_snakemake(tmp_path, config, "-n").stdout
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
+    evaluations = [block for block in blocks if "rule evaluate_final_model:" in block]
+    inputs = {
+        re.search(r"final_model=([^,\n]+)", block)[1]: re.search(r"input: (.*)", block)[1] for block in evaluations
+    }
+    assert "retrain/none/round1" in inputs and "average_folds" in inputs
+    for final_model, listed in inputs.items():
+        if final_model == "retrain/none/round1":
+            assert listed.count("test_probs.parquet") == 1, listed  # itself only
+        else:
+            assert listed.count("test_probs.parquet") == 2 and "retrain/none/round1/test_probs.parquet" in listed
+
+
 # Jobs about every variant at once, which a change to one variant reruns too.
 ACROSS_VARIANTS = {"summarize_ablation", "write_summary_page", "write_run_config"}
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.common.by import By
 
-from vlmflow.tracking.runs import read_run
+from vlmflow.tracking.runs import RANKING_METRIC, VARIANT_RUNS, read_run, runs_table_url
 
 from helpers.browser import chromium, click, mlflow_ui, screenshot, wait_for_element, wait_for_texts
 
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 # MLflow's single-page app takes a while to load on a busy two-core machine; later pages come from cache.
 FIRST_PAGE_SECONDS = 240
 PAGE_SECONDS = 90
-SORT_METRIC = "oof_weighted_f1"
+SORT_METRIC = RANKING_METRIC
 
 
 def mlflow_runs(tracking_uri: str, experiment: str) -> tuple[str, list, list]:
     """The experiment's id, its variant runs (best out-of-fold weighted F1 first) and its fold runs."""
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    variants = client.search_runs([experiment_id], "tags.level = 'variant'", order_by=[f"metrics.`{SORT_METRIC}` DESC"])
+    variants = client.search_runs([experiment_id], VARIANT_RUNS, order_by=[f"metrics.`{SORT_METRIC}` DESC"])
     folds = client.search_runs([experiment_id], "tags.level = 'fold'", order_by=["attributes.run_name"])
     return experiment_id, variants, folds
 
@@ -58,10 +58,11 @@ def mlflow_pages(tracking_uri: str, experiment: str, out_dir: str | Path, server
     fold = next(run for run in folds if run.data.tags["variant"] == names[0])
     pages = {}
     with mlflow_ui(tracking_uri, server_log) as url, chromium() as driver:
-        search = urllib.parse.quote("tags.level = 'variant'")
-        driver.get(f"{url}/#/experiments/{experiment_id}/runs?searchFilter={search}")
-        wait_for_texts(driver, [*names, f"{len(names)} matching runs"], FIRST_PAGE_SECONDS)
+        driver.get(runs_table_url(url, experiment_id))  # the address `make demo` prints, sorted by the metric
+        wait_for_texts(driver, [*names, f"{len(names)} matching runs", f"Sort: {SORT_METRIC}"], FIRST_PAGE_SECONDS)
         close_assistant(driver)
+        # MLflow keeps the table's columns per browser (local storage), not in the address: picking the sort
+        # from its menu also shows the metric's column.
         click(driver, By.CSS_SELECTOR, "[data-testid='sort-select-dropdown']", PAGE_SECONDS)
         click(driver, By.CSS_SELECTOR, f"[data-testid='sort-select-{SORT_METRIC}']", PAGE_SECONDS)
         pages["mlflow_experiment"] = screenshot(

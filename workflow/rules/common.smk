@@ -170,6 +170,22 @@ def override_file(wildcards):
     return path if Path(path).exists() else []
 
 
+def no_step_model_test_probs(wildcards):
+    """The test predictions of the model retrained with no step, when final.ablation has it: every other final
+    model's test F1 is compared with it on the same images (vlmflow.evaluation.sanity.paired_difference).
+    """
+    reference = retrained_model_name(step_set_name([]))
+    if reference not in RETRAINED_MODELS:
+        return []
+    folder = final_model_dir(wildcards.variant, reference, ROUNDS)
+    if (
+        wildcards.final_model
+        == Path(folder).relative_to(f"results/{wildcards.variant}").as_posix()
+    ):
+        return []
+    return f"{folder}/test_probs.parquet"
+
+
 def final_model_metrics(variant):
     """Test metrics of every final model of a variant but the fold ensemble."""
     dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS)

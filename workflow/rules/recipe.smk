@@ -113,6 +113,7 @@ rule evaluate_final_model:
     input:
         test="results/{variant}/{final_model}/test_probs.parquet",
         truth=truth_file(),
+        reference=no_step_model_test_probs,
     output:
         metrics="results/{variant}/{final_model}/test_metrics.json",
     log:

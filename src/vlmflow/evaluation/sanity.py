@@ -1,4 +1,5 @@
-"""Has a run learned anything? The checks behind the warnings at the end of a run and atop the summary.
+"""Can a figure be trusted? Whether a run learned anything (the warnings at the end of a run and atop the
+summary), and whether one final model's test score differs from another's by more than the test set's luck.
 
 A variant learned nothing when its out-of-fold weighted F1 is within its bootstrap interval of what a
 predictor that never looks at the image gets: always the majority label, or labels drawn at the training
@@ -33,9 +34,14 @@ def weighted_f1_interval(truth: pd.Series, predicted: pd.Series) -> tuple[float,
     if len(truth) < 2:
         value = weighted_f1(truth, predicted)
         return value, value
+    return paired_interval((np.asarray(truth), np.asarray(predicted)), weighted_f1)
+
+
+def paired_interval(columns: tuple, statistic) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``statistic`` over the records, every column resampled alike."""
     result = bootstrap(
-        (np.asarray(truth), np.asarray(predicted)),
-        weighted_f1,
+        columns,
+        statistic,
         paired=True,
         vectorized=False,
         n_resamples=RESAMPLES,
@@ -109,3 +115,15 @@ def run_warnings(metrics: dict[str, dict], stages: dict[str, list[dict]], min_oc
         found.append(learned_nothing(variant, metrics[variant]))
         found.append(unreadable_ocr(variant, stages[variant], min_ocr_text_share))
     return [warning for warning in found if warning]
+
+
+def paired_difference(truth: pd.Series, predicted: pd.Series, reference: pd.Series, prefix: str) -> dict[str, float]:
+    """``predicted``'s weighted F1 minus ``reference``'s on the same test records, with the bootstrap interval
+    of that difference: the records are resampled once for both, so only which images happen to be in the test
+    set varies, not the pairing (``<prefix>``, ``<prefix>_low``, ``<prefix>_high``)."""
+    truth, predicted, reference = (np.asarray(values) for values in (truth, predicted, reference))
+    difference = weighted_f1(truth, predicted) - weighted_f1(truth, reference)
+    if len(truth) < 2:
+        return {prefix: difference, f"{prefix}_low": difference, f"{prefix}_high": difference}
+    low, high = paired_interval((truth, predicted, reference), lambda t, p, r: weighted_f1(t, p) - weighted_f1(t, r))
+    return {prefix: difference, f"{prefix}_low": low, f"{prefix}_high": high}

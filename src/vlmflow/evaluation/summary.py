@@ -19,6 +19,9 @@ import pandas as pd  # noqa: E402
 from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
 
 TEST_F1 = "test_weighted_f1"
+# A final model's test weighted F1 minus the no-step model's, with its paired bootstrap interval
+# (vlmflow.evaluation.sanity.paired_difference, computed by evaluate_final_model).
+VS_NONE = "test_weighted_f1_minus_none"
 TITLES = {
     "variant": "variant",
     "oof_weighted_f1": "out-of-fold weighted F1",
@@ -27,6 +30,10 @@ TITLES = {
     "noise_recall": "label-noise recall",
     "submitted": "submission from",
 }
+
+
+def _difference_title(name: str) -> str:
+    return "vs no step, 95% interval: " + _final_model_title(name).removeprefix("test wF1: ")
 
 
 def _final_model_title(name: str) -> str:
@@ -48,7 +55,16 @@ def ablation_row(variant: str, metrics: dict, correction: dict, final_models: di
         f"{TEST_F1}.{FOLD_ENSEMBLE}": metrics.get(TEST_F1),
     }
     row |= {f"{TEST_F1}.{name}": model.get(TEST_F1) for name, model in final_models.items()}
+    row |= {f"{VS_NONE}.{name}": difference_text(model) for name, model in final_models.items() if VS_NONE in model}
     return row | {"submitted": submitted}
+
+
+def difference_text(metrics: dict) -> str:
+    """``+0.017 [-0.020, +0.051]``: the difference from the no-step model and its 95% interval over test sets;
+    ``*`` marks one whose interval leaves out 0, a difference the test set's luck alone does not explain."""
+    low, high = metrics[f"{VS_NONE}_low"], metrics[f"{VS_NONE}_high"]
+    mark = " *" if low > 0 or high < 0 else ""
+    return f"{metrics[VS_NONE]:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
 
 
 def ablation_table(rows: list[dict]) -> pd.DataFrame:
@@ -68,7 +84,12 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 def with_titles(table: pd.DataFrame) -> pd.DataFrame:
     """The table with readable column titles, as the Markdown summary and the report show it."""
-    titles = {column: TITLES.get(column) or _final_model_title(column.removeprefix(f"{TEST_F1}.")) for column in table}
+    titles = {
+        column: TITLES.get(column)
+        or (_difference_title(column.removeprefix(f"{VS_NONE}.")) if column.startswith(f"{VS_NONE}.") else None)
+        or _final_model_title(column.removeprefix(f"{TEST_F1}."))
+        for column in table
+    }
     return table.rename(columns=titles)
 
 
@@ -80,7 +101,13 @@ def warnings_markdown(warnings: list[str]) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    return with_titles(table).to_markdown(index=False, floatfmt=".3f") + "\n"
+    markdown = with_titles(table).to_markdown(index=False, floatfmt=".3f") + "\n"
+    if any(column.startswith(f"{VS_NONE}.") for column in table):
+        markdown += (
+            "\nvs no step: test weighted F1 minus the model retrained with no step, on the same test images; "
+            "in brackets its 95% paired bootstrap interval over test sets; * where that interval leaves out 0.\n"
+        )
+    return markdown
 
 
 def plot_ablation(table: pd.DataFrame, path: str | Path) -> None:

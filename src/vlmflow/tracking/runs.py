@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -291,3 +292,25 @@ def log_summary_run(experiment: dict, metrics: dict[str, float], artifacts: list
     log_results(client, run.info.run_id, metrics, artifacts)
     finish_run(client, run.info.run_id)
     return run.info.run_id
+
+
+# The runs table a reader wants first: one run per variant, best out-of-fold weighted F1 on top.
+VARIANT_RUNS = "tags.level = 'variant'"
+RANKING_METRIC = "oof_weighted_f1"
+
+
+def runs_table_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of the experiment, its variant runs sorted by ``RANKING_METRIC``, best first:
+    the address `make demo` prints (MLflow 3 otherwise opens an experiment on its overview page)."""
+    query = urllib.parse.urlencode(
+        {"searchFilter": VARIANT_RUNS, "orderByKey": f"metrics.`{RANKING_METRIC}`", "orderByAsc": "false"},
+        quote_via=urllib.parse.quote,
+    )
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+if __name__ == "__main__":  # python -m vlmflow.tracking.runs EXPERIMENT_JSON [UI]: the runs table's address
+    import sys
+
+    ui = sys.argv[2] if len(sys.argv) > 2 else "http://127.0.0.1:5000"
+    print(runs_table_url(ui, read_run(sys.argv[1])["experiment_id"]))
