@@ -1,6 +1,15 @@
 import math
 
-from vlmflow.evaluation.summary import ablation_row, ablation_table, plot_ablation, summary_metrics, to_markdown
+import pytest
+
+from vlmflow.evaluation.summary import (
+    ablation_row,
+    ablation_table,
+    difference_whiskers,
+    plot_ablation,
+    summary_metrics,
+    to_markdown,
+)
 
 
 def rows():
@@ -59,7 +68,7 @@ def test_the_chart_is_written(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 
-def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_ones_that_clear_it():
+def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_ones_that_clear_it(tmp_path):
     finals = {
         "retrain_none": {"test_weighted_f1": 0.60},
         "retrain_correction": {
@@ -82,3 +91,12 @@ def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_one
     assert "vs no step, 95% interval: retrain, correction + pseudo" in markdown
     assert "paired bootstrap interval" in markdown
     assert "baseline.test_weighted_f1_minus_none.retrain_correction" not in summary_metrics(ablation_table([row]))
+    whiskers = difference_whiskers({"baseline": finals})
+    assert set(whiskers) == {
+        ("baseline", "test_weighted_f1.retrain_correction"),
+        ("baseline", "test_weighted_f1.retrain_correction_pseudo"),
+    }
+    assert whiskers[("baseline", "test_weighted_f1.retrain_correction")] == pytest.approx((0.05, 0.05))
+    plot_ablation(ablation_table([row]), tmp_path / "plain.png")
+    plot_ablation(ablation_table([row]), tmp_path / "whiskers.png", whiskers)
+    assert (tmp_path / "whiskers.png").read_bytes() != (tmp_path / "plain.png").read_bytes()

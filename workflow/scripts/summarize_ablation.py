@@ -6,6 +6,7 @@ from vlmflow.evaluation.sanity import run_warnings
 from vlmflow.evaluation.summary import (
     ablation_row,
     ablation_table,
+    difference_whiskers,
     plot_ablation,
     summary_metrics,
     to_markdown,
@@ -43,7 +44,7 @@ with open(output.markdown, "w", encoding="utf-8") as markdown:
     markdown.write(warnings_markdown(warnings) + to_markdown(table))
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
-plot_ablation(table, output.chart)
+plot_ablation(table, output.chart, difference_whiskers(final_models))
 output.commit()
 experiment = read_run(snakemake.input.experiment)
 run_id = log_summary_run(

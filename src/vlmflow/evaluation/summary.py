@@ -67,6 +67,20 @@ def difference_text(metrics: dict) -> str:
     return f"{metrics[VS_NONE]:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
 
 
+def difference_whiskers(final_models: dict[str, dict[str, dict]]) -> dict[tuple[str, str], tuple[float, float]]:
+    """For the chart: per (variant, table column), how far below and above a final model's bar its difference
+    from the no-step model could lie (the 95% interval, drawn around the bar's top)."""
+    return {
+        (variant, f"{TEST_F1}.{name}"): (
+            model[VS_NONE] - model[f"{VS_NONE}_low"],
+            model[f"{VS_NONE}_high"] - model[VS_NONE],
+        )
+        for variant, models in final_models.items()
+        for name, model in models.items()
+        if VS_NONE in model
+    }
+
+
 def ablation_table(rows: list[dict]) -> pd.DataFrame:
     """The rows as a table, columns without any value (no truth file) dropped."""
     return pd.DataFrame(rows).dropna(axis=1, how="all")
@@ -110,8 +124,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     return markdown
 
 
-def plot_ablation(table: pd.DataFrame, path: str | Path) -> None:
-    """Grouped bars per variant: out-of-fold weighted F1, then each final model's test weighted F1."""
+def plot_ablation(
+    table: pd.DataFrame, path: str | Path, whiskers: dict[tuple[str, str], tuple[float, float]] | None = None
+) -> None:
+    """Grouped bars per variant: out-of-fold weighted F1, then each final model's test weighted F1, with the
+    95% interval of its difference from the no-step model as whiskers where there is one."""
     columns = ["oof_weighted_f1", *[column for column in table if column.startswith(f"{TEST_F1}.")]]
     names = ["out-of-fold"] + [
         _final_model_title(column.removeprefix(f"{TEST_F1}.")).removeprefix("test wF1: ") for column in columns[1:]
@@ -123,10 +140,17 @@ def plot_ablation(table: pd.DataFrame, path: str | Path) -> None:
         values = table[column].astype(float).fillna(0).to_numpy()
         bars = axes.bar(positions + index * width, values, width, label=name)
         axes.bar_label(bars, fmt="%.2f", fontsize=7)
+        spans = [(whiskers or {}).get((variant, column)) for variant in table["variant"]]
+        if any(spans):
+            errors = np.array([span or (0.0, 0.0) for span in spans]).T
+            axes.errorbar(positions + index * width, values, yerr=errors, fmt="none", ecolor="black", capsize=3)
     axes.set_xticks(positions + width * (len(columns) - 1) / 2, table["variant"])
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("weighted F1")
-    axes.set_title("Ablation: out-of-fold and test weighted F1 per variant and final model")
+    title = "Ablation: out-of-fold and test weighted F1 per variant and final model"
+    if whiskers:
+        title += "\nwhiskers: 95% interval of the difference from the no-step model"
+    axes.set_title(title, fontsize=10)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
