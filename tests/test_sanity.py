@@ -8,6 +8,7 @@ import pytest
 
 from vlmflow.evaluation.sanity import (
     chance_weighted_f1,
+    difference_from_reference,
     learned_nothing,
     no_image_baselines,
     paired_difference,
@@ -70,3 +71,14 @@ def test_a_paired_difference_tells_a_real_gain_from_the_test_sets_luck():
     assert luck["d_low"] <= 0 <= luck["d_high"]
     same = paired_difference(LABELS, reference, reference, "d")
     assert same == {"d": 0.0, "d_low": 0.0, "d_high": 0.0}
+
+
+def test_the_difference_from_the_no_step_model_pairs_records_by_id_whatever_their_order():
+    ids = [f"r{i}" for i in range(len(LABELS))]
+    truth = pd.DataFrame({"id": ids, "label": LABELS})
+    better = pd.DataFrame({"id": ids, "predicted": LABELS})
+    reference = pd.DataFrame({"id": ids, "predicted": LABELS.where(RNG.random(len(LABELS)) < 0.5, "a")})
+    shuffled = reference.sample(frac=1.0, random_state=0)  # another job's table, in its own order
+    found = difference_from_reference(better, shuffled, truth)
+    assert found == paired_difference(LABELS, LABELS, reference["predicted"], "test_weighted_f1_minus_none")
+    assert found["test_weighted_f1_minus_none_low"] > 0

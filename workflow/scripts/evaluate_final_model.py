@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from vlmflow.evaluation.metrics import test_set_metrics
-from vlmflow.evaluation.sanity import paired_difference
+from vlmflow.evaluation.sanity import difference_from_reference
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
 
@@ -15,9 +15,7 @@ truth = pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None
 test = pd.read_parquet(snakemake.input.test)
 metrics = test_set_metrics(test, truth)
 if truth is not None and snakemake.input.reference:  # the model retrained with no step, on the same images
-    reference = pd.read_parquet(snakemake.input.reference).set_index("id").loc[test["id"], "predicted"]
-    true = test["id"].map(truth.set_index("id")["label"])
-    metrics |= paired_difference(true, test["predicted"], reference, "test_weighted_f1_minus_none")
+    metrics |= difference_from_reference(test, pd.read_parquet(snakemake.input.reference), truth)
 with open(output.metrics, "w", encoding="utf-8") as metrics_file:
     json.dump(metrics, metrics_file, indent=2)
 output.commit()

@@ -117,6 +117,14 @@ def run_warnings(metrics: dict[str, dict], stages: dict[str, list[dict]], min_oc
     return [warning for warning in found if warning]
 
 
+def difference_from_reference(test: pd.DataFrame, reference: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """A final model's test predictions against the no-step model's (both ``id``, ``predicted``), paired by
+    record against the truth file: ``test_weighted_f1_minus_none`` and its interval."""
+    true = test["id"].map(truth.set_index("id")["label"])
+    paired = reference.set_index("id").loc[test["id"], "predicted"]
+    return paired_difference(true, test["predicted"], paired, "test_weighted_f1_minus_none")
+
+
 def paired_difference(truth: pd.Series, predicted: pd.Series, reference: pd.Series, prefix: str) -> dict[str, float]:
     """``predicted``'s weighted F1 minus ``reference``'s on the same test records, with the bootstrap interval
     of that difference: the records are resampled once for both, so only which images happen to be in the test

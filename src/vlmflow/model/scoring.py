@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,18 @@ class ScoringRequest:
     image: ImageInput
     prompt: str
     system: str | None = None
+
+
+class ScoringBackend(Protocol):
+    """What ``score_table`` needs of a backend (``Scorer`` here, ``vllm_backend.VllmScorer`` for vLLM)."""
+
+    def score_many(
+        self, requests: list[ScoringRequest], labels: list[str], answers: list[tuple[str, str]]
+    ) -> np.ndarray: ...
+
+    def generate_many(
+        self, requests: list[ScoringRequest], *, answer_prefix: str, stop: str | None, max_new_tokens: int
+    ) -> list[str]: ...
 
 
 @dataclass
@@ -425,7 +438,7 @@ def extract_reason(generated: str, tail: str) -> str:
 
 
 def score_table(
-    scorer,
+    scorer: ScoringBackend,
     prompts: pd.DataFrame,
     labels: list[str],
     variant: PromptVariant,

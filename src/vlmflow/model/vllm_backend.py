@@ -56,7 +56,7 @@ from vlmflow.model.scoring import (
     softmax,
 )
 from vlmflow.prompting.variants import PromptVariant
-from vlmflow.runtime.outputs import partial_path
+from vlmflow.runtime.outputs import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +263,6 @@ def load_vllm_scorer(
     return VllmScorer(llm, encoder, repetition_penalty, merged)
 
 
-def write_table(table: pd.DataFrame, path: str | Path) -> None:
-    """``table`` at ``path`` whole or not at all: written under a temporary name beside it, then renamed."""
-    partial = partial_path(path)
-    table.to_parquet(partial, index=False)
-    os.replace(partial, path)
-
-
 def die_with_parent() -> None:
     """End this process when the one that started it ends: a scoring job killed outright (kill -9, a lost
     node) must not leave its vLLM engine holding the GPU. Linux only; elsewhere a no-op. (Strictly, the signal
@@ -292,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     variant = PromptVariant.from_config(spec["variant"])
     settings = {"reason_max_new_tokens": spec["reason_max_new_tokens"], "batch_size": spec["batch_size"]}
     for source, target in spec["tables"]:
-        write_table(score_table(scorer, pd.read_parquet(source), spec["labels"], variant, **settings), target)
+        scores = score_table(scorer, pd.read_parquet(source), spec["labels"], variant, **settings)
+        write_bytes_atomically(target, scores.to_parquet(index=False))  # whole or not at all
         print(f"{DONE}{target}", flush=True)
 
 

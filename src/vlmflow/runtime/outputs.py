@@ -64,15 +64,20 @@ def staged(outputs, *names: str) -> StagedOutputs:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """``Path.write_text`` through a unique temporary name in the same folder, renamed into place: a reader,
-    a killed writer or a parallel one never leaves or sees half a file (small files outside a staged
-    script, cache entries)."""
+    """``Path.write_text`` through ``write_bytes_atomically`` (small files outside a staged script, cache
+    entries)."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """``Path.write_bytes`` through a unique temporary name in the same folder, renamed into place: a reader,
+    a killed writer or a parallel one never leaves or sees half a file."""
     path = Path(path)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{partial_path(path).name}.")
     try:
         os.fchmod(handle, 0o644)  # mkstemp's files are private; these are shared like any output
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
