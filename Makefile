@@ -61,7 +61,7 @@ demo: install
 	@echo "  $(CURDIR)/results/report.html"
 	@echo "Browse every run: start MLflow's UI,"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1"
-	@echo "then open the variants' runs, best out-of-fold weighted F1 first (Sort, then $(RANKING) shows its column):"
+	@echo "then open the variants' runs, best out-of-fold weighted F1 ($(RANKING)) first:"
 	@echo "  $$($(BIN)/python -m vlmflow.tracking.runs results/mlflow_experiment.json)"
 	@echo "Screenshots of both: make screenshots (results/screenshots/)"
 

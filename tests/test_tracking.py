@@ -94,24 +94,41 @@ def test_child_runs_get_their_variants_switches_and_a_rerun_is_harmless(tmp_path
         assert client.get_run(fold).data.params == {"variant.ocr": "True", "variant.ocr_max_chars": "300"}
 
 
-def test_the_printed_runs_table_address_filters_to_variants_and_sorts_by_out_of_fold_f1(tmp_path):
-    import subprocess
-    import sys
+def test_the_experiment_saves_the_runs_view_that_the_printed_address_opens(tmp_path):
+    import json
+    import time
     import urllib.parse
 
+    from vlmflow.tracking.runs import runs_table_url
+
+    client = MlflowClient(absolute_tracking_uri("sqlite:///mlflow.db", tmp_path))
+    experiment_id = ensure_experiment(client, "demo", tmp_path / "artifacts")
+    url = runs_table_url("http://127.0.0.1:5000/", experiment_id)
+    base, query = url.split("?")
+    assert base == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    # The address names a view saved in the experiment, as MLflow's UI saves one (Views, Save as new view).
+    assert urllib.parse.parse_qs(query) == {"viewStateShareKey": ["vlmflow-variants"]}
+    saved = client.get_experiment(experiment_id).tags["mlflow.sharedViewState.vlmflow-variants"]
+    view = json.loads(saved)
+    assert view["name"] == "Variants by out-of-fold weighted F1" and view["createdAt"] == view["updatedAt"] > 0
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.level = 'variant'"
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`oof_weighted_f1`", False)
+    assert state["selectedColumns"] == ["metrics.`oof_weighted_f1`"]  # the metric's column, shown
+    time.sleep(0.01)  # a view saved again would have a later time
+    ensure_experiment(client, "demo", tmp_path / "artifacts")
+    assert client.get_experiment(experiment_id).tags["mlflow.sharedViewState.vlmflow-variants"] == saved
+
+
+def test_printing_the_address_saves_the_view_in_a_store_made_before_it(tmp_path):
     from vlmflow.tracking.runs import runs_table_url, write_run
 
-    url = runs_table_url("http://127.0.0.1:5000/", "7")
-    base, query = url.split("?")
-    assert base == "http://127.0.0.1:5000/#/experiments/7/runs"
-    assert urllib.parse.parse_qs(query) == {
-        "searchFilter": ["tags.level = 'variant'"],
-        "orderByKey": ["metrics.`oof_weighted_f1`"],
-        "orderByAsc": ["false"],
-    }
-    experiment = tmp_path / "mlflow_experiment.json"  # what make demo reads the experiment id from
-    write_run(experiment, "sqlite:///mlflow.db", "vlmflow", "7", None)
+    uri = absolute_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    experiment_id = MlflowClient(uri).create_experiment("vlmflow")  # an older run's experiment: no view
+    experiment = tmp_path / "mlflow_experiment.json"  # what make demo reads the experiment from
+    write_run(experiment, uri, "vlmflow", experiment_id, None)
     printed = subprocess.run(
         [sys.executable, "-m", "vlmflow.tracking.runs", str(experiment)], capture_output=True, text=True, check=True
     )
-    assert printed.stdout.strip() == url  # the default UI address, http://127.0.0.1:5000
+    assert printed.stdout.strip() == runs_table_url("http://127.0.0.1:5000", experiment_id)  # the default UI
+    assert "mlflow.sharedViewState.vlmflow-variants" in MlflowClient(uri).get_experiment(experiment_id).tags

@@ -17,7 +17,14 @@ from mlflow.tracking import MlflowClient
 from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.common.by import By
 
-from vlmflow.tracking.runs import RANKING_METRIC, VARIANT_RUNS, read_run, runs_table_url
+from vlmflow.tracking.runs import (
+    RANKING_COLUMN,
+    RANKING_METRIC,
+    VARIANT_RUNS,
+    read_run,
+    runs_table_url,
+    save_runs_view,
+)
 
 from helpers.browser import chromium, click, mlflow_ui, screenshot, wait_for_element, wait_for_texts
 
@@ -25,14 +32,14 @@ log = logging.getLogger(__name__)
 # MLflow's single-page app takes a while to load on a busy two-core machine; later pages come from cache.
 FIRST_PAGE_SECONDS = 240
 PAGE_SECONDS = 90
-SORT_METRIC = RANKING_METRIC
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column keys, as its cells' col-id name them
 
 
 def mlflow_runs(tracking_uri: str, experiment: str) -> tuple[str, list, list]:
     """The experiment's id, its variant runs (best out-of-fold weighted F1 first) and its fold runs."""
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    variants = client.search_runs([experiment_id], VARIANT_RUNS, order_by=[f"metrics.`{SORT_METRIC}` DESC"])
+    variants = client.search_runs([experiment_id], VARIANT_RUNS, order_by=[f"{RANKING_COLUMN} DESC"])
     folds = client.search_runs([experiment_id], "tags.level = 'fold'", order_by=["attributes.run_name"])
     return experiment_id, variants, folds
 
@@ -45,28 +52,52 @@ def close_assistant(driver) -> None:
         pass
 
 
-def mlflow_pages(tracking_uri: str, experiment: str, out_dir: str | Path, server_log: str | Path) -> dict[str, str]:
-    """Screenshots of the MLflow UI answering three questions; returns each page's text by screenshot name.
+def table_text(driver, columns: list[str]) -> str:
+    """MLflow's runs table as it shows ``columns`` (column keys): their headers, then its rows, top first,
+    tab-separated; a column the table does not show has an empty header and empty cells."""
+    headers = {
+        cell.get_attribute("col-id"): cell.text
+        for cell in driver.find_elements(By.CSS_SELECTOR, "[role='columnheader'][col-id]")
+    }
+    rows: dict[int, dict[str, str]] = {}
+    for cell in driver.find_elements(By.CSS_SELECTOR, "[role='row'][row-index] [role='gridcell'][col-id]"):
+        row = int(cell.find_element(By.XPATH, "./ancestor::*[@role='row'][1]").get_attribute("row-index"))
+        # A run name's cell starts with its colour swatch's hidden label: its last line is the name.
+        rows.setdefault(row, {})[cell.get_attribute("col-id")] = (cell.text.splitlines() or [""])[-1]
+    lines = [[headers.get(column, "") for column in columns]]
+    lines += [[rows[row].get(column, "") for column in columns] for row in sorted(rows)]
+    return "\n".join("\t".join(line) for line in lines)
 
-    Which variant is best: the variant runs, sorted by out-of-fold weighted F1 from the sort menu.
+
+def runs_table_page(driver, url: str, experiment_id: str, names: list[str], path: str | Path) -> str:
+    """Open the runs table at the address `make demo` prints and screenshot it, clicking nothing, once it shows
+    the variant runs ``names`` and the ranking metric's column; return the table's run names and scores
+    (``table_text``)."""
+    driver.get(runs_table_url(url, experiment_id))
+    wait_for_texts(driver, [*names, f"{len(names)} matching runs"], FIRST_PAGE_SECONDS)
+    wait_for_element(driver, By.CSS_SELECTOR, f"[role='columnheader'][col-id='{RANKING_COLUMN}']", PAGE_SECONDS)
+    close_assistant(driver)
+    screenshot(driver, [RANKING_METRIC], path, PAGE_SECONDS)
+    return table_text(driver, [RUN_NAME_COLUMN, RANKING_COLUMN])
+
+
+def mlflow_pages(tracking_uri: str, experiment: str, out_dir: str | Path, server_log: str | Path) -> dict[str, str]:
+    """Screenshots of the MLflow UI answering three questions; returns each page's text by screenshot name
+    (the runs table's is the table's own, ``table_text``).
+
+    Which variant is best: the variant runs, best out-of-fold weighted F1 first, at the address `make demo` prints.
     How a fold trained: the loss curves of the best variant's first fold run.
     What changed between variants: MLflow's comparison of the variant runs (switches and metrics).
     """
     out_dir = Path(out_dir)
     experiment_id, variants, folds = mlflow_runs(tracking_uri, experiment)
+    save_runs_view(MlflowClient(tracking_uri), experiment_id)  # as printing the address does, for older stores
     names = [run.info.run_name for run in variants]
     fold = next(run for run in folds if run.data.tags["variant"] == names[0])
     pages = {}
     with mlflow_ui(tracking_uri, server_log) as url, chromium() as driver:
-        driver.get(runs_table_url(url, experiment_id))  # the address `make demo` prints, sorted by the metric
-        wait_for_texts(driver, [*names, f"{len(names)} matching runs", f"Sort: {SORT_METRIC}"], FIRST_PAGE_SECONDS)
-        close_assistant(driver)
-        # MLflow keeps the table's columns per browser (local storage), not in the address: picking the sort
-        # from its menu also shows the metric's column.
-        click(driver, By.CSS_SELECTOR, "[data-testid='sort-select-dropdown']", PAGE_SECONDS)
-        click(driver, By.CSS_SELECTOR, f"[data-testid='sort-select-{SORT_METRIC}']", PAGE_SECONDS)
-        pages["mlflow_experiment"] = screenshot(
-            driver, [f"Sort: {SORT_METRIC}", SORT_METRIC], out_dir / "mlflow_experiment.png", PAGE_SECONDS
+        pages["mlflow_experiment"] = runs_table_page(
+            driver, url, experiment_id, names, out_dir / "mlflow_experiment.png"
         )
 
         driver.get(f"{url}/#/experiments/{experiment_id}/runs/{fold.info.run_id}/model-metrics")
@@ -81,7 +112,7 @@ def mlflow_pages(tracking_uri: str, experiment: str, out_dir: str | Path, server
         driver.get(f"{url}/#/compare-runs?runs={runs}&experiments={urllib.parse.quote(json.dumps([experiment_id]))}")
         pages["mlflow_compare"] = screenshot(
             driver,
-            [f"Comparing {len(names)} Runs", SORT_METRIC, "variant.name"],
+            [f"Comparing {len(names)} Runs", RANKING_METRIC, "variant.name"],
             out_dir / "mlflow_compare.png",
             PAGE_SECONDS,
         )

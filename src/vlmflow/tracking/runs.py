@@ -61,10 +61,15 @@ def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | Path) -> str:
-    """Return the experiment's id, creating it with an absolute artifact location if needed."""
+    """Return the experiment's id, creating it if needed, with its runs view saved (``save_runs_view``)."""
     experiment = retry_locked(lambda: client.get_experiment_by_name(name))
-    if experiment is not None:
-        return experiment.experiment_id
+    experiment_id = experiment.experiment_id if experiment else create_experiment(client, name, artifact_root)
+    save_runs_view(client, experiment_id)
+    return experiment_id
+
+
+def create_experiment(client: MlflowClient, name: str, artifact_root: str | Path) -> str:
+    """Create the experiment with an absolute artifact location; return its id."""
     location = Path(artifact_root).resolve().as_uri()
     try:
         return retry_locked(lambda: client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND))
@@ -294,23 +299,62 @@ def log_summary_run(experiment: dict, metrics: dict[str, float], artifacts: list
     return run.info.run_id
 
 
-# The runs table a reader wants first: one run per variant, best out-of-fold weighted F1 on top.
+# The runs table a reader wants first: one run per variant, best out-of-fold weighted F1 on top, its column shown.
 VARIANT_RUNS = "tags.level = 'variant'"
 RANKING_METRIC = "oof_weighted_f1"
+RANKING_COLUMN = f"metrics.`{RANKING_METRIC}`"  # how MLflow's UI names a metric's column and sort key
+# MLflow's UI (3.15 and later) keeps a saved view of the runs table in an experiment tag named
+# ``mlflow.sharedViewState.<view id>`` and opens it from ``runs?viewStateShareKey=<view id>``; the view
+# also appears in the table's Views menu. Its search facets and table state are the UI's own names.
+RUNS_VIEW_ID = "vlmflow-variants"
+RUNS_VIEW_NAME = "Variants by out-of-fold weighted F1"
+RUNS_VIEW_STATE = {
+    "searchFilter": VARIANT_RUNS,
+    "orderByKey": RANKING_COLUMN,
+    "orderByAsc": False,
+    "selectedColumns": [RANKING_COLUMN],  # in place of the UI's default Source, Models and Dataset columns
+    # Next to the run names, wide enough for its whole name (the UI sizes only columns it is given an order of).
+    "columnOrder": [RANKING_COLUMN],
+    "columnWidths": {RANKING_COLUMN: 160},
+}
+
+
+def runs_view_tag() -> tuple[str, dict]:
+    """The experiment tag's key and the view it holds: the envelope the UI writes when a person clicks
+    Views, then Save as new view (name, times in ms, and the view's state as a JSON string)."""
+    now = int(time.time() * 1000)
+    view = {"name": RUNS_VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(RUNS_VIEW_STATE)}
+    return f"mlflow.sharedViewState.{RUNS_VIEW_ID}", view
+
+
+def save_runs_view(client: MlflowClient, experiment_id: str) -> None:
+    """Save the view ``runs_table_url`` opens in the experiment, unless it is there already; one changed in
+    the UI is put back, so that the address keeps its promise (the UI's Save as new view keeps a person's own)."""
+    key, view = runs_view_tag()
+    saved = retry_locked(lambda: client.get_experiment(experiment_id)).tags.get(key)
+    try:
+        if saved is not None and json.loads(saved)["state"] == view["state"]:
+            return
+    except (ValueError, KeyError, TypeError):
+        pass  # not a view we can read: save ours over it
+    retry_locked(lambda: client.set_experiment_tag(experiment_id, key, json.dumps(view)))
 
 
 def runs_table_url(ui: str, experiment_id: str) -> str:
-    """The MLflow UI's runs table of the experiment, its variant runs sorted by ``RANKING_METRIC``, best first:
-    the address `make demo` prints (MLflow 3 otherwise opens an experiment on its overview page)."""
-    query = urllib.parse.urlencode(
-        {"searchFilter": VARIANT_RUNS, "orderByKey": f"metrics.`{RANKING_METRIC}`", "orderByAsc": "false"},
-        quote_via=urllib.parse.quote,
-    )
+    """The MLflow UI's runs table of the experiment in its saved view (``save_runs_view``): the variant runs,
+    best ``RANKING_METRIC`` first, with its column shown. This is the address `make demo` prints (MLflow 3
+    otherwise opens an experiment on its overview page, and shows no metric column until one is picked).
+
+    The UI ignores a saved view when the address also carries a filter or sort, so this one carries neither.
+    """
+    query = urllib.parse.urlencode({"viewStateShareKey": RUNS_VIEW_ID})
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
-if __name__ == "__main__":  # python -m vlmflow.tracking.runs EXPERIMENT_JSON [UI]: the runs table's address
+if __name__ == "__main__":  # python -m vlmflow.tracking.runs EXPERIMENT_JSON [UI]: save the view, print its address
     import sys
 
     ui = sys.argv[2] if len(sys.argv) > 2 else "http://127.0.0.1:5000"
-    print(runs_table_url(ui, read_run(sys.argv[1])["experiment_id"]))
+    experiment = read_run(sys.argv[1])
+    save_runs_view(MlflowClient(experiment["tracking_uri"]), experiment["experiment_id"])  # stores made before it
+    print(runs_table_url(ui, experiment["experiment_id"]))
