@@ -220,7 +220,9 @@ def each_seeds_test_probs(variant, name):
 
 
 def seed_test_probs(wildcards):
-    return each_seeds_test_probs(wildcards.variant, retrained_model_name(wildcards.steps))
+    return each_seeds_test_probs(
+        wildcards.variant, retrained_model_name(wildcards.steps)
+    )
 
 
 def no_step_seed_test_probs(wildcards):
@@ -274,7 +276,9 @@ def round_pseudo_labels(wildcards):
     round_ = int(wildcards.round)
     if round_ == 1:
         return f"results/{wildcards.variant}/pseudo_labels.csv"
-    previous = round_dir(wildcards.variant, wildcards.steps, fit_seed(wildcards), round_ - 1)
+    previous = round_dir(
+        wildcards.variant, wildcards.steps, fit_seed(wildcards), round_ - 1
+    )
     return f"{previous}/pseudo_labels.csv"
 
 

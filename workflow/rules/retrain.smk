@@ -42,7 +42,9 @@ rule train_final:
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
-        model=directory("results/{variant}/retrain/{steps}/seed{seed}/round{round}/model"),
+        model=directory(
+            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/model"
+        ),
         config="results/{variant}/retrain/{steps}/seed{seed}/round{round}/llamafactory.yaml",
         run="results/{variant}/retrain/{steps}/seed{seed}/round{round}/mlflow_run.json",
     log:
@@ -62,7 +64,9 @@ rule train_final:
 
 rule select_round_pseudo_labels:
     input:
-        test=["results/{variant}/retrain/{steps}/seed{seed}/round{round}/test_probs.parquet"],
+        test=[
+            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/test_probs.parquet"
+        ],
         labels=config["labels"],
     output:
         pseudo_labels="results/{variant}/retrain/{steps}/seed{seed}/round{round}/pseudo_labels.csv",
