@@ -35,6 +35,7 @@ def test_a_path_names_its_variant_final_model_and_seed_whatever_the_order_of_a_l
     # A round before the last, and a file of the retrained model across its seeds.
     assert final_fit_of("results/b/retrain/pseudo/seed6/round1/pseudo_labels.csv") == ("b", "retrain_pseudo", 6)
     assert final_fit_of("results/b/retrain/none/test_metrics_across_seeds.json") == ("b", "retrain_none", None)
+    assert final_fit_of("results/b/retrain/none/seed42") == ("b", "retrain_none", 42)
     assert final_model_of("results/b/retrain/none/test_metrics_across_seeds.json") == ("b", "retrain_none")
     assert variant_of("results/baseline_ocr/metrics.json") == "baseline_ocr"
 

@@ -23,7 +23,8 @@ from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE, NO_STEPS, retrain
 
 TEST_F1 = "test_weighted_f1"
 # A final model's test weighted F1 minus the no-step model's, with its paired bootstrap interval
-# (vlmflow.evaluation.sanity.paired_difference, computed by evaluate_final_model).
+# (vlmflow.evaluation.sanity: evaluate_final_model's for the averaged fold model, evaluate_across_seeds' mean
+# over seeds for a retrained one).
 VS_NONE = "test_weighted_f1_minus_none"
 NO_STEP_MODEL = retrained_model_name(NO_STEPS)
 TITLES = {

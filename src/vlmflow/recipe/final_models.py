@@ -86,7 +86,7 @@ def final_fit_of(path: str) -> tuple[str, str, int | None]:
     if parts[2] == AVERAGED:
         return variant, AVERAGE_FOLDS, None
     if parts[2] == RETRAIN and len(parts) > 4:
-        seed = SEED_FOLDER.fullmatch(parts[4]) if len(parts) > 5 else None
+        seed = SEED_FOLDER.fullmatch(parts[4])
         return variant, retrained_model_name(parts[3]), int(seed[1]) if seed else None
     raise ValueError(f"{path}: not inside a final model's folder")
 
