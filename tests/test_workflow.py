@@ -403,6 +403,7 @@ def test_writing_an_override_file_reruns_only_that_variants_correction_and_what_
             "train_final",
             "score_final_model",
             "evaluate_final_model",
+            "evaluate_across_seeds",
             "select_round_pseudo_labels",
             "write_submission",
             "evaluate_submission",

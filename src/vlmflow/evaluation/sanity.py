@@ -191,7 +191,7 @@ def seed_spread(weighted_f1_by_seed: dict[int, float]) -> dict:
         "test_weighted_f1_seed_min": min(values),
         "test_weighted_f1_seed_max": max(values),
         SEED_RANGE: max(values) - min(values) if len(values) > 1 else None,
-        "test_weighted_f1_by_seed": {str(seed): value for seed, value in sorted(weighted_f1_by_seed.items())},
+        "test_weighted_f1_by_seed": {str(seed): value for seed, value in weighted_f1_by_seed.items()},
     }
 
 
@@ -201,7 +201,7 @@ def across_seeds(
     """A retrained model over its seeds' fits (``tests``, by seed): its seeds, the mean and spread of their test
     weighted F1 and, given the no-step model's fits (``references``, by the same seeds), the mean difference from
     them with its paired bootstrap interval. Without a truth file, only the seeds."""
-    metrics: dict = {"seeds": sorted(tests), "n": int(len(next(iter(tests.values()))))}
+    metrics: dict = {"seeds": list(tests), "n": int(len(next(iter(tests.values()))))}  # in final.seeds' order
     if truth is None:
         return metrics
     label = truth.set_index("id")["label"]

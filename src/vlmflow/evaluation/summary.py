@@ -253,7 +253,7 @@ def plot_ablation(
     if whiskers:
         title += "\nwhiskers: 95% interval of the difference from the no-step model"
     if points:
-        title += "; dots: each seed's fit"
+        title += "\ndots: each seed's fit of a retrained model (its bar: their mean)"
     axes.set_title(title, fontsize=10)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     figure.tight_layout()
