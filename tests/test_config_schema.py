@@ -57,6 +57,31 @@ def test_a_wrong_key_or_value_fails_naming_it(change, named):
     assert named in str(failure.value)
 
 
+def test_final_seeds_default_to_one_fit_and_the_demo_fits_two():
+    config = {}
+    validate(config, SCHEMA)
+    assert config["final"]["seeds"] is None  # one fit per combination, seeded by train.seed
+    shipped = load_shipped_config()
+    validate(shipped, SCHEMA)
+    assert len(shipped["final"]["seeds"]) == 2 == len(set(shipped["final"]["seeds"]))
+
+
+@pytest.mark.parametrize(
+    ("seeds", "named"),
+    [
+        ([], "[] should be non-empty"),
+        ([42, 42], "has non-unique elements"),
+        ([42, "43"], "'43' is not of type 'integer'"),
+        ([1.5], "1.5 is not of type 'integer'"),
+        ([-1], "-1 is less than the minimum of 0"),
+    ],
+)
+def test_final_seeds_must_be_distinct_integers_and_at_least_one(seeds, named):
+    with pytest.raises(WorkflowError) as failure:
+        validate({"final": {"seeds": seeds}}, SCHEMA)
+    assert named in str(failure.value)
+
+
 def test_snakemake_refuses_a_misspelt_key_at_start(tmp_path):
     config = small_demo_config(tmp_path, data={"on_eror": "skip"})
     result = run_snakemake(tmp_path, config, "-n", check=False)

@@ -119,7 +119,7 @@ def test_the_averaged_fold_model_is_a_full_model_that_scores(method_run):
 @pytest.mark.slow
 def test_the_retrained_final_model_scores_and_the_submission_is_valid(method_run):
     workdir, family, method = method_run
-    retrained = workdir / "results/baseline/retrain/correction_pseudo/round1"
+    retrained = workdir / "results/baseline/retrain/correction_pseudo/seed42/round1"
     assert yaml.safe_load((retrained / "llamafactory.yaml").read_text(encoding="utf-8"))["finetuning_type"] == method
     assert (retrained / "model" / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")).is_file()
     assert len(pd.read_parquet(retrained / "test_probs.parquet")) == 8

@@ -1,4 +1,5 @@
-"""The learned-nothing checks: a predictor at chance is caught, a real one is not, OCR that read nothing is."""
+"""The learned-nothing checks: a predictor at chance is caught, a real one is not, OCR that read nothing is; the
+differences between final models over test images and over training seeds."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import pandas as pd
 import pytest
 
 from vlmflow.evaluation.sanity import (
+    across_seeds,
     chance_weighted_f1,
     difference_from_reference,
     learned_nothing,
     no_image_baselines,
     paired_difference,
     run_warnings,
+    seed_spread,
     unreadable_ocr,
     weighted_f1,
 )
@@ -82,3 +85,40 @@ def test_the_difference_from_the_no_step_model_pairs_records_by_id_whatever_thei
     found = difference_from_reference(better, shuffled, truth)
     assert found == paired_difference(LABELS, LABELS, reference["predicted"], "test_weighted_f1_minus_none")
     assert found["test_weighted_f1_minus_none_low"] > 0
+
+
+def test_the_seed_spread_is_the_range_of_the_fits_and_unknown_with_one():
+    spread = seed_spread({43: 0.64, 42: 0.60})
+    assert spread["test_weighted_f1"] == pytest.approx(0.62)
+    assert spread["test_weighted_f1_seed_range"] == pytest.approx(0.04)
+    assert (spread["test_weighted_f1_seed_min"], spread["test_weighted_f1_seed_max"]) == (0.60, 0.64)
+    assert spread["test_weighted_f1_by_seed"] == {"42": 0.60, "43": 0.64}
+    assert seed_spread({42: 0.6})["test_weighted_f1_seed_range"] is None  # one fit says nothing of the next
+
+
+def test_the_mean_difference_over_seeds_pairs_each_seed_with_the_no_step_models_same_seed():
+    labels = LABELS.iloc[:60]
+    ids = [f"r{i}" for i in range(len(labels))]
+    truth = pd.DataFrame({"id": ids, "label": labels})
+    rng = np.random.default_rng(1)
+
+    def fit(right_share):
+        return pd.DataFrame({"id": ids, "predicted": labels.where(rng.random(len(labels)) < right_share, "a")})
+
+    tests = {42: fit(0.9), 43: fit(0.8)}
+    references = {43: fit(0.5).sample(frac=1.0, random_state=0), 42: fit(0.4)}  # any order, by seed
+    found = across_seeds(tests, references, truth)
+    by_seed = {seed: weighted_f1(labels, test["predicted"]) for seed, test in tests.items()}
+    assert found["seeds"] == [42, 43] and found["n"] == 60
+    assert found["test_weighted_f1"] == pytest.approx(np.mean(list(by_seed.values())))
+    assert found["test_weighted_f1_seed_range"] == pytest.approx(abs(by_seed[42] - by_seed[43]))
+    differences = [
+        by_seed[seed] - weighted_f1(labels, references[seed].set_index("id").loc[ids, "predicted"]) for seed in tests
+    ]
+    assert found["test_weighted_f1_minus_none"] == pytest.approx(np.mean(differences))
+    assert 0 < found["test_weighted_f1_minus_none_low"] < found["test_weighted_f1_minus_none"]
+    assert found["test_weighted_f1_minus_none"] < found["test_weighted_f1_minus_none_high"]
+    # Without a truth file only the seeds; seeds that do not pair fail, naming both.
+    assert across_seeds(tests, references, None) == {"seeds": [42, 43], "n": 60}
+    with pytest.raises(ValueError, match=r"seeds \[42, 43\] are paired with the no-step model's seeds \[42\]"):
+        across_seeds(tests, {42: references[42]}, truth)

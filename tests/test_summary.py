@@ -5,8 +5,11 @@ import pytest
 from vlmflow.evaluation.summary import (
     ablation_row,
     ablation_table,
+    counts_as,
+    difference_metrics,
     difference_whiskers,
     plot_ablation,
+    seed_points,
     summary_metrics,
     to_markdown,
 )
@@ -100,3 +103,105 @@ def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_one
     plot_ablation(ablation_table([row]), tmp_path / "plain.png")
     plot_ablation(ablation_table([row]), tmp_path / "whiskers.png", whiskers)
     assert (tmp_path / "whiskers.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def across_seeds(by_seed: dict[int, float], difference: tuple[float, float, float] | None = None) -> dict:
+    """A retrained model's metrics across its seeds, as evaluate_across_seeds writes them."""
+    values = list(by_seed.values())
+    metrics = {
+        "seeds": sorted(by_seed),
+        "test_weighted_f1": sum(values) / len(values),
+        "test_weighted_f1_seed_range": max(values) - min(values) if len(values) > 1 else None,
+        "test_weighted_f1_by_seed": {str(seed): value for seed, value in by_seed.items()},
+    }
+    if difference:
+        metrics |= dict(
+            zip(
+                ["test_weighted_f1_minus_none", "test_weighted_f1_minus_none_low", "test_weighted_f1_minus_none_high"],
+                difference,
+                strict=True,
+            )
+        )
+    return metrics
+
+
+def two_seed_models() -> dict[str, dict]:
+    return {
+        "retrain_none": across_seeds({42: 0.60, 43: 0.64}),  # seed range 0.04
+        # Clears the test-set interval, but not the no-step model's seed range: not a gain.
+        "retrain_correction": across_seeds({42: 0.63, 43: 0.64}, (0.015, 0.005, 0.030)),
+        # Clears both: the interval leaves out 0 and 0.15 > max(0.02, 0.04).
+        "retrain_correction_pseudo": across_seeds({42: 0.76, 43: 0.78}, (0.15, 0.08, 0.22)),
+        # A loss that clears both.
+        "retrain_pseudo": across_seeds({42: 0.40, 43: 0.41}, (-0.215, -0.30, -0.12)),
+        # Larger than both ranges, but the interval holds 0: the test set's luck may explain it.
+        "retrain_wide": across_seeds({42: 0.70, 43: 0.71}, (0.085, -0.01, 0.18)),
+    }
+
+
+def test_a_difference_counts_as_a_gain_only_when_it_clears_the_bootstrap_interval_and_the_seed_range():
+    models = two_seed_models()
+    reference = models["retrain_none"]
+    assert counts_as(models["retrain_correction"], reference) is None
+    assert counts_as(models["retrain_correction_pseudo"], reference) == "gain"
+    assert counts_as(models["retrain_pseudo"], reference) == "loss"
+    assert counts_as(models["retrain_wide"], reference) is None
+    # The larger of the two ranges counts: a model whose own seeds spread wider than its gain is not marked.
+    unsteady = across_seeds({42: 0.60, 43: 0.92}, (0.15, 0.08, 0.22))
+    assert counts_as(unsteady, reference) is None
+    # A model fitted once (the averaged fold model) has no known range: never marked.
+    assert (
+        counts_as(
+            {
+                "test_weighted_f1_minus_none": 0.15,
+                "test_weighted_f1_minus_none_low": 0.08,
+                "test_weighted_f1_minus_none_high": 0.22,
+            },
+            reference,
+        )
+        is None
+    )
+
+
+def test_the_summary_reports_the_mean_the_seed_range_and_marks_what_counts(tmp_path):
+    models = two_seed_models()
+    row = ablation_row("baseline", {"oof_weighted_f1": 0.5}, {}, models, "retrain_correction_pseudo")
+    assert row["test_weighted_f1.retrain_none"] == pytest.approx(0.62)  # the mean over seeds
+    assert row["test_weighted_f1_seed_range.retrain_none"] == pytest.approx(0.04)
+    assert row["test_weighted_f1_minus_none.retrain_correction"] == "+0.015 [+0.005, +0.030] *"  # interval only
+    assert row["test_weighted_f1_minus_none.retrain_correction_pseudo"] == "+0.150 [+0.080, +0.220] * gain"
+    assert row["test_weighted_f1_minus_none.retrain_pseudo"] == "-0.215 [-0.300, -0.120] * loss"
+    assert row["test_weighted_f1_minus_none.retrain_wide"] == "+0.085 [-0.010, +0.180]"
+    table = ablation_table([row])
+    markdown = to_markdown(table)
+    assert "seed range (max - min): retrain, none" in markdown
+    assert "|difference| > max(range, no-step range)" in markdown and "One seed" not in markdown
+    metrics = summary_metrics(table) | difference_metrics({"baseline": models})
+    assert metrics["baseline.test_weighted_f1_seed_range.retrain_none"] == pytest.approx(0.04)
+    assert metrics["baseline.test_weighted_f1_minus_none_low.retrain_correction_pseudo"] == 0.08
+    assert [metrics[f"baseline.difference_counts.{name}"] for name in models if name != "retrain_none"] == [
+        0.0,
+        1.0,
+        -1.0,
+        0.0,
+    ]
+    points = seed_points({"baseline": models})
+    assert points[("baseline", "test_weighted_f1.retrain_none")] == [0.60, 0.64]
+    plot_ablation(table, tmp_path / "bars.png", difference_whiskers({"baseline": models}))
+    plot_ablation(table, tmp_path / "dots.png", difference_whiskers({"baseline": models}), points)
+    assert (tmp_path / "dots.png").read_bytes() != (tmp_path / "bars.png").read_bytes()
+
+
+def test_with_one_seed_the_spread_is_unknown_and_nothing_is_marked_a_gain():
+    models = {
+        "retrain_none": across_seeds({42: 0.60}),
+        "retrain_correction_pseudo": across_seeds({42: 0.90}, (0.30, 0.20, 0.40)),
+    }
+    row = ablation_row("baseline", {"oof_weighted_f1": 0.5}, {}, models, "retrain_correction_pseudo")
+    assert row["test_weighted_f1_minus_none.retrain_correction_pseudo"] == "+0.300 [+0.200, +0.400] *"
+    table = ablation_table([row])
+    assert not any(column.startswith("test_weighted_f1_seed_range.") for column in table)
+    markdown = to_markdown(table)
+    assert "One seed per retrained model" in markdown and "no difference is marked as a gain" in markdown
+    assert difference_metrics({"baseline": models})["baseline.difference_counts.retrain_correction_pseudo"] == 0.0
+    assert seed_points({"baseline": models}) == {}  # one dot would only repeat the bar

@@ -31,23 +31,75 @@ def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
         assert rule in result.stdout
 
 
+def planned_inputs(dry_run_output: str, rule: str) -> dict[str, str]:
+    """The input line of every job of ``rule`` a `snakemake -n` run plans, by its wildcards as printed."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output)
+    return {
+        re.search(r"wildcards: (.*)", block)[1]: re.search(r"input: (.*)", block)[1]
+        for block in blocks
+        if f"rule {rule}:" in block
+    }
+
+
 def test_every_final_model_is_compared_with_the_no_step_model_on_the_same_test_images(tmp_path):
-    """The shipped config retrains a no-step model (final.ablation has []): every other final model's
-    evaluation reads its test predictions, for the paired interval of their difference."""
+    """The shipped config retrains a no-step model (final.ablation has []) with two seeds: every other
+    retrained fit's evaluation reads the no-step model's fit of the same seed, the averaged fold model's the
+    first seed's, for the paired interval of their difference."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
+    first, second = config["final"]["seeds"]
     dry_run = run_snakemake(tmp_path, config, "-n").stdout
-    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
-    evaluations = [block for block in blocks if "rule evaluate_final_model:" in block]
     inputs = {
-        re.search(r"final_model=([^,\n]+)", block)[1]: re.search(r"input: (.*)", block)[1] for block in evaluations
+        re.search(r"final_model=([^,\n]+)", wildcards)[1]: listed
+        for wildcards, listed in planned_inputs(dry_run, "evaluate_final_model").items()
+        if "variant=baseline," in wildcards
     }
-    assert "retrain/none/round1" in inputs and "average_folds" in inputs
+    assert {f"retrain/none/seed{first}/round1", f"retrain/none/seed{second}/round1", "average_folds"} <= set(inputs)
     for final_model, listed in inputs.items():
-        if final_model == "retrain/none/round1":
+        if final_model.startswith("retrain/none/"):
             assert listed.count("test_probs.parquet") == 1, listed  # itself only
         else:
-            assert listed.count("test_probs.parquet") == 2 and "retrain/none/round1/test_probs.parquet" in listed
+            seed = re.search(r"seed(\d+)", final_model)[1] if "seed" in final_model else first
+            assert listed.count("test_probs.parquet") == 2 and f"retrain/none/seed{seed}/round1/test_probs" in listed
+
+
+def test_each_retrained_combination_is_fitted_once_per_seed_its_rounds_chained_within_the_seed(tmp_path):
+    """final.seeds [42, 7]: one train_final job per (variant, combination, seed, round), round 2 learning the
+    pseudo-labels of its own seed's round 1; one evaluation across seeds per combination pairing seeds with the
+    no-step model's; the submission from the first seed's fit."""
+    config = small_demo_config(tmp_path)
+    config["final"] |= {"ablation": [[], ["correction"]], "seeds": [42, 7]}  # plus final.steps: correction, pseudo
+    dry_run = run_snakemake(tmp_path, config, "-n").stdout
+    fits = sorted(
+        (wildcards["variant"], wildcards["steps"], wildcards["seed"], wildcards["round"])
+        for rule, wildcards in planned_jobs(dry_run)
+        if rule == "train_final"
+    )
+    expected = [
+        (variant, steps, seed, round_)
+        for variant in ("baseline", "baseline_ocr")
+        for steps, rounds in (("none", 1), ("correction", 1), ("correction_pseudo", 2))
+        for seed in ("42", "7")
+        for round_ in map(str, range(1, rounds + 1))
+    ]
+    assert fits == sorted(expected) and len(fits) == 2 * (1 + 1 + 2) * 2
+    training_sets = planned_inputs(dry_run, "build_final_training_set")
+    for seed in ("42", "7"):
+        second_round = training_sets[f"variant=baseline, steps=correction_pseudo, seed={seed}, round=2"]
+        assert f"retrain/correction_pseudo/seed{seed}/round1/pseudo_labels.csv" in second_round
+    across = planned_inputs(dry_run, "evaluate_across_seeds")
+    assert set(across) == {
+        f"variant={variant}, steps={steps}"
+        for variant in ("baseline", "baseline_ocr")
+        for steps in ("none", "correction", "correction_pseudo")
+    }
+    pairs = across["variant=baseline, steps=correction_pseudo"]
+    for seed in ("42", "7"):
+        assert f"correction_pseudo/seed{seed}/round2/test_probs.parquet" in pairs
+        assert f"none/seed{seed}/round1/test_probs.parquet" in pairs
+    assert across["variant=baseline, steps=none"].count("test_probs.parquet") == 2  # its own seeds only
+    submission = planned_inputs(dry_run, "write_submission")["variant=baseline"]
+    assert "retrain/correction_pseudo/seed42/round2/test_probs.parquet" in submission
 
 
 # Jobs about every variant at once, which a change to one variant reruns too.
@@ -182,8 +234,8 @@ def test_mlflow_holds_a_run_per_variant_fold_and_final_model(demo_run):
         assert sorted(run.data.tags["fold"] for run in folds) == ["0", "1"]
         retrained = {run.info.run_name: run for run in children if run.data.tags.get("level") == "final"}
         variant = parent.data.tags["variant"]
-        assert set(retrained) == {f"{variant}/retrain/correction_pseudo/round{n}" for n in (1, 2)}
-        final_run = retrained[f"{variant}/retrain/correction_pseudo/round2"]
+        assert set(retrained) == {f"{variant}/retrain/correction_pseudo/seed42/round{n}" for n in (1, 2)}
+        final_run = retrained[f"{variant}/retrain/correction_pseudo/seed42/round2"]
         assert "final.test_weighted_f1" in final_run.data.metrics and "training_set.pseudo" in final_run.data.metrics
         assert len(client.get_metric_history(final_run.info.run_id, "loss")) >= 1
         assert "final.retrain_correction_pseudo.test_weighted_f1" in parent.data.metrics
@@ -224,7 +276,7 @@ def test_label_correction_pseudo_labels_and_the_submission_come_from_the_fold_mo
     final = json.loads((workdir / "results/baseline/submission_metrics.json").read_text())
     assert final["strategy"] == "retrain" and final["n"] == 12 and 0 <= final["test_weighted_f1"] <= 1
     retrained = json.loads(
-        (workdir / "results/baseline/retrain/correction_pseudo/round2/test_metrics.json").read_text()
+        (workdir / "results/baseline/retrain/correction_pseudo/seed42/round2/test_metrics.json").read_text()
     )
     assert retrained["test_weighted_f1"] == final["test_weighted_f1"]  # the submission is round 2's model
     assert (workdir / "results/baseline/average_folds/model/model.safetensors").exists()
@@ -235,7 +287,7 @@ def test_retraining_uses_corrected_labels_two_pseudo_label_rounds_balancing_and_
     """The retrained final models of the baseline."""
     workdir = demo_run.workdir
     # Retraining: corrected labels, two pseudo-label rounds (round 2 learns round 1's), balanced, general data.
-    round_dir = workdir / "results/baseline/retrain/correction_pseudo"
+    round_dir = workdir / "results/baseline/retrain/correction_pseudo/seed42"  # .test/config_small.yaml: one seed
     corrected = pd.read_parquet(workdir / "results/baseline/train_corrected.parquet").set_index("id")["label"]
     for round_, pseudo_file in (
         (1, workdir / "results/baseline/pseudo_labels.csv"),
@@ -263,7 +315,7 @@ def test_final_fits_train_on_the_prompts_the_scorer_reads(demo_run):
     # OCR text included.
     for variant in ("baseline", "baseline_ocr", "taught"):
         final_prompts = pd.read_parquet(
-            workdir / f"results/{variant}/retrain/correction_pseudo/round1/train_prompts.parquet"
+            workdir / f"results/{variant}/retrain/correction_pseudo/seed42/round1/train_prompts.parquet"
         )
         scored = pd.read_parquet(workdir / f"results/{variant}/prompts.parquet").set_index("id")["prompt"]
         assert (final_prompts["prompt"] == final_prompts["id"].map(scored)).all()
@@ -351,6 +403,7 @@ def test_writing_an_override_file_reruns_only_that_variants_correction_and_what_
             "train_final",
             "score_final_model",
             "evaluate_final_model",
+            "evaluate_across_seeds",
             "select_round_pseudo_labels",
             "write_submission",
             "evaluate_submission",
@@ -388,7 +441,7 @@ def assert_the_teachers_text_reaches_training(demo_run) -> None:
             label = json.loads(prompt.target)["所属类别"]
             assert json.loads(prompt.target)["理由"] == reason_of[(prompt.image_sha256, label)]
     # The final fit: a kept label keeps the teacher's reason; a corrected or pseudo label gets the template's.
-    final = pd.read_parquet(workdir / "results/taught/retrain/correction_pseudo/round1/train_prompts.parquet")
+    final = pd.read_parquet(workdir / "results/taught/retrain/correction_pseudo/seed42/round1/train_prompts.parquet")
     kept = final[final["source"] == "train"].merge(train[["id", "label"]], on="id")
     targets = kept["target"].map(json.loads)
     same_label = targets.map(lambda target: target["所属类别"]) == kept["label"]

@@ -10,7 +10,14 @@ from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.tracking.offline import unreachable_notice
-from vlmflow.recipe.final_models import final_model_dir, final_model_dirs, round_dir
+from vlmflow.recipe.final_models import (
+    final_fit_of,
+    final_model_dir,
+    final_model_dirs,
+    retrained_dir,
+    round_dir,
+    training_seeds,
+)
 from vlmflow.recipe.steps import (
     AVERAGE_FOLDS,
     FOLD_ENSEMBLE,
@@ -53,6 +60,10 @@ FINAL_MODELS = [AVERAGE_FOLDS, *RETRAINED_MODELS]
 SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STEPS)}.get(
     config["final"]["strategy"], config["final"]["strategy"]
 )
+# Each retrained model is fitted once per seed; the first seed's fit makes the submission and is the
+# no-step model the averaged fold model is compared with.
+SEEDS = training_seeds(config["final"]["seeds"], config["train"]["seed"])
+FIRST_SEED = SEEDS[0]
 
 
 wildcard_constraints:
@@ -62,8 +73,9 @@ wildcard_constraints:
     shard=r"\d+",
     test_shard=r"[1-9]\d*",  # shard 0 is score_fold's
     steps="none|correction|pseudo|correction_pseudo",
+    seed=r"\d+",
     round=r"\d+",
-    final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/round\d+",
+    final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/seed\d+/round\d+",
     demo_model="|".join(
         family.demo_model_dir.removeprefix("resources/demo/tiny-")
         for family in FAMILIES.values()
@@ -98,6 +110,16 @@ def training_settings(wildcards, input):
         or max(1, config["train"]["gpus_per_run"]),
         "seed": config["train"]["seed"],
     }
+
+
+def fit_seed(wildcards):
+    """The seed of one retrained fit (its seed<s> folder): it seeds the fit's training set and its training."""
+    return int(wildcards.seed)
+
+
+def final_training_settings(wildcards, input):
+    """training_settings for a retrained fit: LLaMA-Factory trains with the fit's seed (final.seeds)."""
+    return training_settings(wildcards, input) | {"seed": fit_seed(wildcards)}
 
 
 def fold_model_folder():
@@ -170,39 +192,73 @@ def override_file(wildcards):
     return path if Path(path).exists() else []
 
 
+NO_STEP_MODEL = retrained_model_name(step_set_name([]))
+
+
 def no_step_model_test_probs(wildcards):
     """The test predictions of the model retrained with no step, when final.ablation has it: every other final
-    model's test F1 is compared with it on the same images (vlmflow.evaluation.sanity.paired_difference).
+    fit's test F1 is compared with it on the same images (vlmflow.evaluation.sanity.paired_difference), a
+    retrained fit with the no-step model's fit of the same seed, the averaged fold model with the first seed's.
     """
-    reference = retrained_model_name(step_set_name([]))
-    if reference not in RETRAINED_MODELS:
+    if NO_STEP_MODEL not in RETRAINED_MODELS:
         return []
-    folder = final_model_dir(wildcards.variant, reference, ROUNDS)
-    if (
-        wildcards.final_model
-        == Path(folder).relative_to(f"results/{wildcards.variant}").as_posix()
-    ):
+    _, name, seed = final_fit_of(f"results/{wildcards.variant}/{wildcards.final_model}")
+    if name == NO_STEP_MODEL:
         return []
+    folder = final_model_dir(
+        wildcards.variant, NO_STEP_MODEL, ROUNDS, FIRST_SEED if seed is None else seed
+    )
     return f"{folder}/test_probs.parquet"
 
 
+def each_seeds_test_probs(variant, name):
+    """Test predictions of each seed's fit of a retrained model (the script keys them by final_fit_of)."""
+    return [
+        f"{final_model_dir(variant, name, ROUNDS, seed)}/test_probs.parquet"
+        for seed in SEEDS
+    ]
+
+
+def seed_test_probs(wildcards):
+    return each_seeds_test_probs(
+        wildcards.variant, retrained_model_name(wildcards.steps)
+    )
+
+
+def no_step_seed_test_probs(wildcards):
+    """Test predictions of each seed's fit of the no-step model, paired with a retrained model's by seed;
+    none for the no-step model itself or when final.ablation does not retrain it."""
+    name = retrained_model_name(wildcards.steps)
+    if NO_STEP_MODEL not in RETRAINED_MODELS or name == NO_STEP_MODEL:
+        return []
+    return each_seeds_test_probs(wildcards.variant, NO_STEP_MODEL)
+
+
 def final_model_metrics(variant):
-    """Test metrics of every final model of a variant but the fold ensemble."""
-    dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS)
-    return [f"{path}/test_metrics.json" for path in dirs.values()]
+    """Test metrics of every final model of a variant but the fold ensemble: the averaged fold model's, and
+    each retrained model's across its seeds (scripts key them by final_model_of)."""
+    return [
+        f"{final_model_dir(variant, AVERAGE_FOLDS, ROUNDS)}/test_metrics.json",
+        *(
+            f"{retrained_dir(variant, name)}/test_metrics_across_seeds.json"
+            for name in RETRAINED_MODELS
+        ),
+    ]
 
 
 def retrained_files(variant, name):
-    """A file of each retrained final model of a variant (scripts key them by final_model_of)."""
-    dirs = final_model_dirs(variant, RETRAINED_MODELS, ROUNDS)
+    """A file of each retrained fit (model and seed) of a variant (scripts key them by final_fit_of)."""
+    dirs = final_model_dirs(variant, RETRAINED_MODELS, ROUNDS, SEEDS)
     return [f"{path}/{name}" for path in dirs.values()]
 
 
 def submission_probabilities(wildcards):
-    """Test probabilities of the submitted model: retrained, weight-averaged folds, or the fold ensemble."""
+    """Test probabilities of the submitted model: retrained (the first seed's fit), weight-averaged folds, or
+    the fold ensemble."""
     if SUBMITTED_MODEL == FOLD_ENSEMBLE:
         return f"results/{wildcards.variant}/test_probs.parquet"
-    return f"{final_model_dir(wildcards.variant, SUBMITTED_MODEL, ROUNDS)}/test_probs.parquet"
+    folder = final_model_dir(wildcards.variant, SUBMITTED_MODEL, ROUNDS, FIRST_SEED)
+    return f"{folder}/test_probs.parquet"
 
 
 def final_training_labels(wildcards):
@@ -213,13 +269,16 @@ def final_training_labels(wildcards):
 
 
 def round_pseudo_labels(wildcards):
-    """Round 1 learns from the fold models' pseudo-labels, round n from round n-1's retrained model."""
+    """Round 1 learns from the fold models' pseudo-labels, round n from round n-1's retrained model of the
+    same seed."""
     if "pseudo" not in step_set(wildcards.steps):
         return []
     round_ = int(wildcards.round)
     if round_ == 1:
         return f"results/{wildcards.variant}/pseudo_labels.csv"
-    previous = round_dir(wildcards.variant, wildcards.steps, round_ - 1)
+    previous = round_dir(
+        wildcards.variant, wildcards.steps, fit_seed(wildcards), round_ - 1
+    )
     return f"{previous}/pseudo_labels.csv"
 
 

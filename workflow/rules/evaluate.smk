@@ -72,6 +72,9 @@ rule log_variant_to_mlflow:
         submission="results/{variant}/submission.csv",
         submission_metrics="results/{variant}/submission_metrics.json",
         final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),
+        fit_metrics=lambda wildcards: retrained_files(
+            wildcards.variant, "test_metrics.json"
+        ),
         retrained_runs=lambda wildcards: retrained_files(
             wildcards.variant, "mlflow_run.json"
         ),

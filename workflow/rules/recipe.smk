@@ -1,7 +1,7 @@
 # The second half of the recipe, per variant: label correction from the out-of-fold probabilities
 # (with a review page and user overrides), pseudo-labels for confident test images, the fold models'
-# averaged weights, test scores and metrics of every final model (retrained ones: retrain.smk), and
-# the submission from the one final.strategy names.
+# averaged weights, test scores and metrics of every final model (retrained ones: retrain.smk, once per
+# seed, and their mean and spread across seeds), and the submission from the one final.strategy names.
 
 
 rule correct_labels:
@@ -124,6 +124,23 @@ rule evaluate_final_model:
         "../../envs/core.yaml"
     script:
         "../scripts/evaluate_final_model.py"
+
+
+rule evaluate_across_seeds:
+    input:
+        tests=seed_test_probs,
+        references=no_step_seed_test_probs,
+        truth=truth_file(),
+    output:
+        metrics="results/{variant}/retrain/{steps}/test_metrics_across_seeds.json",
+    log:
+        "logs/final/{variant}/retrain/{steps}/across_seeds.log",
+    # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
+    localrule: True
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/evaluate_across_seeds.py"
 
 
 rule evaluate_submission:

@@ -1,6 +1,7 @@
 # Final models retrained on the recipe's step combinations, per variant: the corrected labels, the
 # test pseudo-labels (in rounds, Noisy-Student style) or both, with classes balanced and general data
-# mixed in. Each fit is a child run of the variant's MLflow run; each model scores the test set.
+# mixed in. Each combination is fitted once per seed (final.seeds), its rounds chained within the seed;
+# each fit is a child run of the variant's MLflow run; each model scores the test set.
 
 
 rule build_final_training_set:
@@ -14,11 +15,11 @@ rule build_final_training_set:
         general=general_data(),
         labels=config["labels"],
     output:
-        prompts="results/{variant}/retrain/{steps}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{steps}/round{round}/general_records.json",
-        report="results/{variant}/retrain/{steps}/round{round}/training_set.json",
+        prompts="results/{variant}/retrain/{steps}/seed{seed}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{steps}/seed{seed}/round{round}/general_records.json",
+        report="results/{variant}/retrain/{steps}/seed{seed}/round{round}/training_set.json",
     log:
-        "logs/retrain/{variant}/{steps}/round{round}_training_set.log",
+        "logs/retrain/{variant}/{steps}/seed{seed}/round{round}_training_set.log",
     conda:
         "../../envs/core.yaml"
     params:
@@ -26,7 +27,7 @@ rule build_final_training_set:
         class_floor=config["final"]["class_floor"],
         general_format=config["final"]["general_data"]["format"],
         general_ratio=config["final"]["general_data"]["ratio"],
-        seed=config["train"]["seed"],
+        seed=fit_seed,
         warn_chars=config["prompt"]["warn_chars"],
         max_chars=config["prompt"]["max_chars"],
     script:
@@ -35,39 +36,43 @@ rule build_final_training_set:
 
 rule train_final:
     input:
-        prompts="results/{variant}/retrain/{steps}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{steps}/round{round}/general_records.json",
+        prompts="results/{variant}/retrain/{steps}/seed{seed}/round{round}/train_prompts.parquet",
+        general="results/{variant}/retrain/{steps}/seed{seed}/round{round}/general_records.json",
         parent_run="results/{variant}/mlflow_run.json",
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
-        model=directory("results/{variant}/retrain/{steps}/round{round}/model"),
-        config="results/{variant}/retrain/{steps}/round{round}/llamafactory.yaml",
-        run="results/{variant}/retrain/{steps}/round{round}/mlflow_run.json",
+        model=directory(
+            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/model"
+        ),
+        config="results/{variant}/retrain/{steps}/seed{seed}/round{round}/llamafactory.yaml",
+        run="results/{variant}/retrain/{steps}/seed{seed}/round{round}/mlflow_run.json",
     log:
-        "logs/retrain/{variant}/{steps}/round{round}.log",
+        "logs/retrain/{variant}/{steps}/seed{seed}/round{round}.log",
     benchmark:
-        "benchmarks/retrain/{variant}/{steps}/round{round}.tsv"
+        "benchmarks/retrain/{variant}/{steps}/seed{seed}/round{round}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
     resources:
         gpu=config["train"]["gpus_per_run"],
     params:
-        training=training_settings,
+        training=final_training_settings,
     script:
         "../scripts/train_final.py"
 
 
 rule select_round_pseudo_labels:
     input:
-        test=["results/{variant}/retrain/{steps}/round{round}/test_probs.parquet"],
+        test=[
+            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/test_probs.parquet"
+        ],
         labels=config["labels"],
     output:
-        pseudo_labels="results/{variant}/retrain/{steps}/round{round}/pseudo_labels.csv",
-        report="results/{variant}/retrain/{steps}/round{round}/pseudo_labels.json",
+        pseudo_labels="results/{variant}/retrain/{steps}/seed{seed}/round{round}/pseudo_labels.csv",
+        report="results/{variant}/retrain/{steps}/seed{seed}/round{round}/pseudo_labels.json",
     log:
-        "logs/retrain/{variant}/{steps}/round{round}_pseudo.log",
+        "logs/retrain/{variant}/{steps}/seed{seed}/round{round}_pseudo.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
     localrule: True
     conda:

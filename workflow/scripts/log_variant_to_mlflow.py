@@ -1,11 +1,11 @@
-"""Log a variant's metrics and plots to its MLflow parent run, its folds' and its final models' child runs."""
+"""Log a variant's metrics and plots to its MLflow parent run, its folds' and its final fits' child runs."""
 
 import json
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from vlmflow.recipe.final_models import final_model_of
+from vlmflow.recipe.final_models import final_fit_of, final_model_of
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
 from vlmflow.tracking.runs import log_results, log_variant_results, numeric_metrics, read_run, share_variant_params
@@ -25,17 +25,18 @@ metrics |= numeric_metrics(read_json(snakemake.input.pseudo_report), "pseudo")
 metrics |= numeric_metrics(read_json(snakemake.input.submission_metrics), "submission")
 for path in snakemake.input.reason_diversity:  # reason variants only
     metrics |= numeric_metrics(read_json(path), "reason_diversity")
-final = {final_model_of(path)[1]: read_json(path) for path in snakemake.input.final_metrics}
-for name, final_metrics in final.items():
-    metrics |= numeric_metrics(final_metrics, f"final.{name}")
+# The parent gets each final model's metrics (a retrained one's across its seeds), each fit's run its own.
+for path in snakemake.input.final_metrics:
+    metrics |= numeric_metrics(read_json(path), f"final.{final_model_of(path)[1]}")
 client = MlflowClient(parent["tracking_uri"])
 children = [*snakemake.input.fold_runs, *snakemake.input.retrained_runs]
 share_variant_params(client, parent["run_id"], [read_run(path)["run_id"] for path in children])
-training_sets = {final_model_of(path)[1]: path for path in snakemake.input.training_sets}
+fits = {final_fit_of(path)[1:]: read_json(path) for path in snakemake.input.fit_metrics}  # by (model, seed)
+training_sets = {final_fit_of(path)[1:]: path for path in snakemake.input.training_sets}
 for run in snakemake.input.retrained_runs:
-    name = final_model_of(run)[1]
-    numbers = numeric_metrics(final[name], "final") | numeric_metrics(read_json(training_sets[name]), "training_set")
-    log_results(client, read_run(run)["run_id"], numbers, [training_sets[name]])
+    fit = final_fit_of(run)[1:]
+    numbers = numeric_metrics(fits[fit], "final") | numeric_metrics(read_json(training_sets[fit]), "training_set")
+    log_results(client, read_run(run)["run_id"], numbers, [training_sets[fit]])
 log_variant_results(
     parent,
     [read_run(path) for path in snakemake.input.fold_runs],

@@ -6,8 +6,10 @@ from vlmflow.evaluation.sanity import run_warnings
 from vlmflow.evaluation.summary import (
     ablation_row,
     ablation_table,
+    difference_metrics,
     difference_whiskers,
     plot_ablation,
+    seed_points,
     summary_metrics,
     to_markdown,
     warnings_markdown,
@@ -30,7 +32,8 @@ metrics = {variant_of(path): read_json(path) for path in snakemake.input.metrics
 stages = {variant_of(path): read_json(path)["stages"] for path in snakemake.input.stages}
 warnings = run_warnings(metrics, stages, snakemake.params.min_ocr_text_share)
 corrections = {variant_of(path): read_json(path) for path in snakemake.input.correction_scores}
-final_models = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> metrics
+# variant -> final model -> metrics (a retrained model's across its seeds)
+final_models = {variant: {} for variant in snakemake.params.variants}
 for path in snakemake.input.final_metrics:
     variant, name = final_model_of(path)
     final_models[variant][name] = read_json(path)
@@ -44,11 +47,13 @@ with open(output.markdown, "w", encoding="utf-8") as markdown:
     markdown.write(warnings_markdown(warnings) + to_markdown(table))
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
-plot_ablation(table, output.chart, difference_whiskers(final_models))
+plot_ablation(table, output.chart, difference_whiskers(final_models), seed_points(final_models))
 output.commit()
 experiment = read_run(snakemake.input.experiment)
 run_id = log_summary_run(
-    experiment, summary_metrics(table), [snakemake.output.table, snakemake.output.markdown, snakemake.output.chart]
+    experiment,
+    summary_metrics(table) | difference_metrics(final_models),
+    [snakemake.output.table, snakemake.output.markdown, snakemake.output.chart],
 )
 write_run(
     snakemake.output.run, experiment["tracking_uri"], experiment["experiment"], experiment["experiment_id"], run_id

@@ -1,5 +1,6 @@
 """Can a figure be trusted? Whether a run learned anything (the warnings at the end of a run and atop the
-summary), and whether one final model's test score differs from another's by more than the test set's luck.
+summary), and whether one final model's test score differs from another's by more than the test set's luck
+(a paired bootstrap over test images) and the training's (the spread over the fits of final.seeds).
 
 A variant learned nothing when its out-of-fold weighted F1 is within its bootstrap interval of what a
 predictor that never looks at the image gets: always the majority label, or labels drawn at the training
@@ -117,21 +118,96 @@ def run_warnings(metrics: dict[str, dict], stages: dict[str, list[dict]], min_oc
     return [warning for warning in found if warning]
 
 
+DIFFERENCE = "test_weighted_f1_minus_none"
+
+
 def difference_from_reference(test: pd.DataFrame, reference: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     """A final model's test predictions against the no-step model's (both ``id``, ``predicted``), paired by
     record against the truth file: ``test_weighted_f1_minus_none`` and its interval."""
-    true = test["id"].map(truth.set_index("id")["label"])
-    paired = reference.set_index("id").loc[test["id"], "predicted"]
-    return paired_difference(true, test["predicted"], paired, "test_weighted_f1_minus_none")
+    return mean_difference_from_reference({0: test}, {0: reference}, truth)
+
+
+def mean_difference_from_reference(
+    tests: dict[int, pd.DataFrame], references: dict[int, pd.DataFrame], truth: pd.DataFrame
+) -> dict[str, float]:
+    """A retrained model's fits against the no-step model's, by seed (seed s's fit minus the no-step model's
+    fit of seed s, each ``id``, ``predicted``), paired by record against the truth file: the mean over seeds of
+    the weighted F1 differences, ``test_weighted_f1_minus_none``, and its interval over test images."""
+    if sorted(tests) != sorted(references):
+        raise ValueError(f"seeds {sorted(tests)} are paired with the no-step model's seeds {sorted(references)}")
+    seeds = sorted(tests)
+    ids = tests[seeds[0]]["id"]
+    true = ids.map(truth.set_index("id")["label"])
+    predicted = [tests[seed].set_index("id").loc[ids, "predicted"] for seed in seeds]
+    paired = [references[seed].set_index("id").loc[ids, "predicted"] for seed in seeds]
+    return mean_paired_difference(true, predicted, paired, DIFFERENCE)
 
 
 def paired_difference(truth: pd.Series, predicted: pd.Series, reference: pd.Series, prefix: str) -> dict[str, float]:
     """``predicted``'s weighted F1 minus ``reference``'s on the same test records, with the bootstrap interval
     of that difference: the records are resampled once for both, so only which images happen to be in the test
     set varies, not the pairing (``<prefix>``, ``<prefix>_low``, ``<prefix>_high``)."""
-    truth, predicted, reference = (np.asarray(values) for values in (truth, predicted, reference))
-    difference = weighted_f1(truth, predicted) - weighted_f1(truth, reference)
+    return mean_paired_difference(truth, [predicted], [reference], prefix)
+
+
+def mean_paired_difference(
+    truth: pd.Series, predicted: list[pd.Series], reference: list[pd.Series], prefix: str
+) -> dict[str, float]:
+    """The mean over pairs (seeds) of ``predicted[i]``'s weighted F1 minus ``reference[i]``'s on the same test
+    records, with its bootstrap interval: the records are resampled once for every model, so only which images
+    happen to be in the test set varies; with one pair it is ``paired_difference``."""
+    truth = np.asarray(truth)
+    columns = [np.asarray(values) for values in (*predicted, *reference)]
+    pairs = len(predicted)
+
+    def mean_difference(true, *resampled):
+        return float(
+            np.mean(
+                [
+                    weighted_f1(true, ours) - weighted_f1(true, theirs)
+                    for ours, theirs in zip(resampled[:pairs], resampled[pairs:], strict=True)
+                ]
+            )
+        )
+
+    difference = mean_difference(truth, *columns)
     if len(truth) < 2:
         return {prefix: difference, f"{prefix}_low": difference, f"{prefix}_high": difference}
-    low, high = paired_interval((truth, predicted, reference), lambda t, p, r: weighted_f1(t, p) - weighted_f1(t, r))
+    low, high = paired_interval((truth, *columns), mean_difference)
     return {prefix: difference, f"{prefix}_low": low, f"{prefix}_high": high}
+
+
+# How training happens to go: a retrained model is fitted once per seed (final.seeds); the spread of its test
+# weighted F1 over the seeds is its range, max minus min, unknown (None) with one seed.
+SEED_RANGE = "test_weighted_f1_seed_range"
+
+
+def seed_spread(weighted_f1_by_seed: dict[int, float]) -> dict:
+    """The mean test weighted F1 over a model's seeds, its lowest, highest and range (max - min; None with one
+    seed: one fit says nothing of how another would go), and each seed's."""
+    values = list(weighted_f1_by_seed.values())
+    return {
+        "test_weighted_f1": float(np.mean(values)),
+        "test_weighted_f1_seed_min": min(values),
+        "test_weighted_f1_seed_max": max(values),
+        SEED_RANGE: max(values) - min(values) if len(values) > 1 else None,
+        "test_weighted_f1_by_seed": {str(seed): value for seed, value in weighted_f1_by_seed.items()},
+    }
+
+
+def across_seeds(
+    tests: dict[int, pd.DataFrame], references: dict[int, pd.DataFrame], truth: pd.DataFrame | None
+) -> dict:
+    """A retrained model over its seeds' fits (``tests``, by seed): its seeds, the mean and spread of their test
+    weighted F1 and, given the no-step model's fits (``references``, by the same seeds), the mean difference from
+    them with its paired bootstrap interval. Without a truth file, only the seeds."""
+    metrics: dict = {"seeds": list(tests), "n": int(len(next(iter(tests.values()))))}  # in final.seeds' order
+    if truth is None:
+        return metrics
+    label = truth.set_index("id")["label"]
+    metrics |= seed_spread(
+        {seed: weighted_f1(test["id"].map(label), test["predicted"]) for seed, test in tests.items()}
+    )
+    if references:
+        metrics |= mean_difference_from_reference(tests, references, truth)
+    return metrics

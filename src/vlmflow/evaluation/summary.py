@@ -2,7 +2,9 @@
 
 One row per variant: out-of-fold weighted F1 (the competition metric on the training labels), how well
 label correction found the planted flips (demo truth), and the test weighted F1 of every final model
-(the fold ensemble, the averaged fold model, and a retrained model per step combination).
+(the fold ensemble, the averaged fold model, and a retrained model per step combination: the mean over its
+final.seeds fits, with their range), and each final model's difference from the no-step model with the
+marks that say whether it clears the test set's luck (``*``) and the training's too (``gain``, ``loss``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE  # noqa: E402
+from vlmflow.evaluation.sanity import SEED_RANGE  # noqa: E402
+from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE, NO_STEPS, retrained_model_name  # noqa: E402
 
 TEST_F1 = "test_weighted_f1"
 # A final model's test weighted F1 minus the no-step model's, with its paired bootstrap interval
-# (vlmflow.evaluation.sanity.paired_difference, computed by evaluate_final_model).
+# (vlmflow.evaluation.sanity: evaluate_final_model's for the averaged fold model, evaluate_across_seeds' mean
+# over seeds for a retrained one).
 VS_NONE = "test_weighted_f1_minus_none"
+NO_STEP_MODEL = retrained_model_name(NO_STEPS)
 TITLES = {
     "variant": "variant",
     "oof_weighted_f1": "out-of-fold weighted F1",
@@ -30,6 +35,10 @@ TITLES = {
     "noise_recall": "label-noise recall",
     "submitted": "submission from",
 }
+
+
+def _seed_range_title(name: str) -> str:
+    return "seed range (max - min): " + _final_model_title(name).removeprefix("test wF1: ")
 
 
 def _difference_title(name: str) -> str:
@@ -55,16 +64,102 @@ def ablation_row(variant: str, metrics: dict, correction: dict, final_models: di
         f"{TEST_F1}.{FOLD_ENSEMBLE}": metrics.get(TEST_F1),
     }
     row |= {f"{TEST_F1}.{name}": model.get(TEST_F1) for name, model in final_models.items()}
-    row |= {f"{VS_NONE}.{name}": difference_text(model) for name, model in final_models.items() if VS_NONE in model}
+    row |= seed_range_columns(final_models)
+    reference = final_models.get(NO_STEP_MODEL, {})
+    row |= {
+        f"{VS_NONE}.{name}": difference_text(model, reference)
+        for name, model in final_models.items()
+        if VS_NONE in model
+    }
     return row | {"submitted": submitted}
 
 
-def difference_text(metrics: dict) -> str:
+def difference_text(metrics: dict, reference: dict | None = None) -> str:
     """``+0.017 [-0.020, +0.051]``: the difference from the no-step model and its 95% interval over test sets;
-    ``*`` marks one whose interval leaves out 0, a difference the test set's luck alone does not explain."""
+    ``*`` marks one whose interval leaves out 0, a difference the test set's luck alone does not explain, and
+    ``gain`` (or ``loss``) one that the training's luck does not explain either (``counts_as``)."""
     low, high = metrics[f"{VS_NONE}_low"], metrics[f"{VS_NONE}_high"]
     mark = " *" if low > 0 or high < 0 else ""
-    return f"{metrics[VS_NONE]:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+    counts = counts_as(metrics, reference or {})
+    return f"{metrics[VS_NONE]:+.3f} [{low:+.3f}, {high:+.3f}]{mark}{f' {counts}' if counts else ''}"
+
+
+# How training happens to go (final.seeds): a retrained model's columns are the mean over its seeds' fits, and
+# its seed range (max - min of their test weighted F1). A difference from the no-step model counts only when it
+# clears both sources of noise.
+GAIN_RULE = (
+    "a difference counts (gain, or loss when negative) only when it clears both sources of noise: its 95% "
+    "interval over test images leaves out 0 (*) and its size is larger than the seed range of both models, "
+    "the one compared and the no-step model (|difference| > max(range, no-step range)); "
+    "a model fitted once (the averaged fold model, or one seed in final.seeds) has no known range and is never marked"
+)
+
+
+def counts_as(metrics: dict, reference: dict) -> str | None:
+    """``gain`` or ``loss`` when a final model's difference from the no-step model clears both sources of noise
+    (GAIN_RULE): its bootstrap interval leaves out 0, and its absolute value exceeds the seed range of both the
+    model (``metrics``) and the no-step model (``reference``); None otherwise, and when either range is unknown
+    (one fit)."""
+    difference, low, high = metrics[VS_NONE], metrics[f"{VS_NONE}_low"], metrics[f"{VS_NONE}_high"]
+    ranges = [metrics.get(SEED_RANGE), reference.get(SEED_RANGE)]
+    if any(spread is None for spread in ranges) or not (low > 0 or high < 0):
+        return None
+    if abs(difference) <= max(ranges):
+        return None
+    return "gain" if difference > 0 else "loss"
+
+
+def seed_range_columns(final_models: dict[str, dict]) -> dict[str, float]:
+    """The seed range of each retrained model fitted with more than one seed, as table columns."""
+    return {
+        f"{SEED_RANGE}.{name}": model[SEED_RANGE]
+        for name, model in final_models.items()
+        if model.get(SEED_RANGE) is not None
+    }
+
+
+def difference_metrics(final_models: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """For the MLflow summary run, per variant and final model: the difference from the no-step model, its
+    interval's ends, and whether it counts (1 gain, -1 loss, 0 neither), as ``<variant>.<metric>.<model>``."""
+    metrics = {}
+    for variant, models in final_models.items():
+        reference = models.get(NO_STEP_MODEL, {})
+        for name, model in models.items():
+            if VS_NONE not in model:
+                continue
+            for key in (VS_NONE, f"{VS_NONE}_low", f"{VS_NONE}_high"):
+                metrics[f"{variant}.{key}.{name}"] = float(model[key])
+            counts = counts_as(model, reference)
+            metrics[f"{variant}.difference_counts.{name}"] = {"gain": 1.0, "loss": -1.0}.get(counts, 0.0)
+    return metrics
+
+
+def seed_points(final_models: dict[str, dict[str, dict]]) -> dict[tuple[str, str], list[float]]:
+    """For the chart: per (variant, table column), each seed's test weighted F1 of a retrained model fitted with
+    more than one seed."""
+    return {
+        (variant, f"{TEST_F1}.{name}"): list(model["test_weighted_f1_by_seed"].values())
+        for variant, models in final_models.items()
+        for name, model in models.items()
+        if len(model.get("test_weighted_f1_by_seed", {})) > 1
+    }
+
+
+def seeds_footnote(table: pd.DataFrame) -> str:
+    """What the seed columns and the gain mark mean, or that one seed leaves the seed spread unknown."""
+    if not any(column.startswith(f"{VS_NONE}.") for column in table):
+        return ""
+    if any(column.startswith(f"{SEED_RANGE}.") for column in table):
+        return (
+            "\nretrain: the mean over the final.seeds fits (seed s compared with the no-step model's seed s; the "
+            "averaged fold model with the first seed's); seed range: their max - min test weighted F1. "
+            f"gain / loss: {GAIN_RULE}.\n"
+        )
+    return (
+        "\nOne seed per retrained model (final.seeds): how much a model's score moves from one training run to "
+        "the next is unknown, so no difference is marked as a gain; * says only that the test set's luck does "
+        f"not explain it. With 2 or more seeds, {GAIN_RULE}.\n"
+    )
 
 
 def difference_whiskers(final_models: dict[str, dict[str, dict]]) -> dict[tuple[str, str], tuple[float, float]]:
@@ -101,6 +196,7 @@ def with_titles(table: pd.DataFrame) -> pd.DataFrame:
     titles = {
         column: TITLES.get(column)
         or (_difference_title(column.removeprefix(f"{VS_NONE}.")) if column.startswith(f"{VS_NONE}.") else None)
+        or (_seed_range_title(column.removeprefix(f"{SEED_RANGE}.")) if column.startswith(f"{SEED_RANGE}.") else None)
         or _final_model_title(column.removeprefix(f"{TEST_F1}."))
         for column in table
     }
@@ -121,14 +217,18 @@ def to_markdown(table: pd.DataFrame) -> str:
             "\nvs no step: test weighted F1 minus the model retrained with no step, on the same test images; "
             "in brackets its 95% paired bootstrap interval over test sets; * where that interval leaves out 0.\n"
         )
-    return markdown
+    return markdown + seeds_footnote(table)
 
 
 def plot_ablation(
-    table: pd.DataFrame, path: str | Path, whiskers: dict[tuple[str, str], tuple[float, float]] | None = None
+    table: pd.DataFrame,
+    path: str | Path,
+    whiskers: dict[tuple[str, str], tuple[float, float]] | None = None,
+    points: dict[tuple[str, str], list[float]] | None = None,
 ) -> None:
-    """Grouped bars per variant: out-of-fold weighted F1, then each final model's test weighted F1, with the
-    95% interval of its difference from the no-step model as whiskers where there is one."""
+    """Grouped bars per variant: out-of-fold weighted F1, then each final model's test weighted F1 (a retrained
+    model's mean over its seeds), with the 95% interval of its difference from the no-step model as whiskers
+    where there is one, and each seed's fit as a dot (``points``)."""
     columns = ["oof_weighted_f1", *[column for column in table if column.startswith(f"{TEST_F1}.")]]
     names = ["out-of-fold"] + [
         _final_model_title(column.removeprefix(f"{TEST_F1}.")).removeprefix("test wF1: ") for column in columns[1:]
@@ -144,14 +244,25 @@ def plot_ablation(
         if any(spans):
             errors = np.array([span or (0.0, 0.0) for span in spans]).T
             axes.errorbar(positions + index * width, values, yerr=errors, fmt="none", ecolor="black", capsize=3)
+        seeds = [(points or {}).get((variant, column)) for variant in table["variant"]]
+        plot_seed_points(axes, positions + index * width, seeds)
     axes.set_xticks(positions + width * (len(columns) - 1) / 2, table["variant"])
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("weighted F1")
     title = "Ablation: out-of-fold and test weighted F1 per variant and final model"
     if whiskers:
         title += "\nwhiskers: 95% interval of the difference from the no-step model"
+    if points:
+        title += "\ndots: each seed's fit of a retrained model (its bar: their mean)"
     axes.set_title(title, fontsize=10)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_seed_points(axes, positions: np.ndarray, values: list[list[float] | None]) -> None:
+    """Each seed's test weighted F1 as a dot over its model's bar (the bar is their mean)."""
+    for position, seeds in zip(positions, values, strict=True):
+        if seeds:
+            axes.scatter([position] * len(seeds), seeds, s=12, color="black", zorder=3)
