@@ -229,6 +229,20 @@ def general_data():
     return [path] if path else []
 
 
+def general_held_out():
+    """The general records held out of every fit, to measure general ability, when one is configured."""
+    path = config["final"]["general_data"]["held_out"]
+    return [path] if path else []
+
+
+def general_ability_metrics(variant):
+    """Each final model's accuracy on the held-out general records (none without final.general_data.held_out)."""
+    if not general_held_out():
+        return []
+    dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS)
+    return [f"{path}/general_metrics.json" for path in dirs.values()]
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),

@@ -78,6 +78,7 @@ rule log_variant_to_mlflow:
         training_sets=lambda wildcards: retrained_files(
             wildcards.variant, "training_set.json"
         ),
+        general_metrics=lambda wildcards: general_ability_metrics(wildcards.variant),
     output:
         logged="results/{variant}/mlflow_logged.json",
     log:
@@ -100,6 +101,14 @@ rule summarize_ablation:
             path for variant in VARIANTS for path in final_model_metrics(variant)
         ],
         logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
+        general=[
+            path for variant in VARIANTS for path in general_ability_metrics(variant)
+        ],
+        training_sets=[
+            path
+            for variant in VARIANTS
+            for path in retrained_files(variant, "training_set.json")
+        ],
         experiment="results/mlflow_experiment.json",
         stages=expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
     output:

@@ -28,6 +28,10 @@ for path in snakemake.input.reason_diversity:  # reason variants only
 final = {final_model_of(path)[1]: read_json(path) for path in snakemake.input.final_metrics}
 for name, final_metrics in final.items():
     metrics |= numeric_metrics(final_metrics, f"final.{name}")
+# Accuracy on the held-out general records, when final.general_data.held_out is set.
+general = {final_model_of(path)[1]: read_json(path) for path in snakemake.input.general_metrics}
+for name, general_metrics in general.items():
+    metrics |= numeric_metrics(general_metrics, f"general.{name}")
 client = MlflowClient(parent["tracking_uri"])
 children = [*snakemake.input.fold_runs, *snakemake.input.retrained_runs]
 share_variant_params(client, parent["run_id"], [read_run(path)["run_id"] for path in children])
@@ -35,6 +39,7 @@ training_sets = {final_model_of(path)[1]: path for path in snakemake.input.train
 for run in snakemake.input.retrained_runs:
     name = final_model_of(run)[1]
     numbers = numeric_metrics(final[name], "final") | numeric_metrics(read_json(training_sets[name]), "training_set")
+    numbers |= numeric_metrics(general.get(name, {}), "general")
     log_results(client, read_run(run)["run_id"], numbers, [training_sets[name]])
 log_variant_results(
     parent,

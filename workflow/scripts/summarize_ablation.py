@@ -7,10 +7,12 @@ from vlmflow.evaluation.summary import (
     ablation_row,
     ablation_table,
     difference_whiskers,
+    general_ability_note,
     plot_ablation,
     summary_metrics,
     to_markdown,
     warnings_markdown,
+    with_general_ability,
 )
 from vlmflow.recipe.final_models import final_model_of, variant_of
 from vlmflow.runtime.logfile import log_to
@@ -38,10 +40,19 @@ rows = [
     ablation_row(variant, metrics[variant], corrections[variant], final_models[variant], snakemake.params.submitted)
     for variant in snakemake.params.variants
 ]
+general = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> general metrics
+for path in snakemake.input.general:  # when final.general_data.held_out is set
+    variant, name = final_model_of(path)
+    general[variant][name] = read_json(path)
+mixed = {variant: {} for variant in snakemake.params.variants}  # variant -> retrained model -> general records
+for path in snakemake.input.training_sets:
+    variant, name = final_model_of(path)
+    mixed[variant][name] = read_json(path)["general_records"]
+rows = [with_general_ability(row, general[row["variant"]]) for row in rows]
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
 with open(output.markdown, "w", encoding="utf-8") as markdown:
-    markdown.write(warnings_markdown(warnings) + to_markdown(table))
+    markdown.write(warnings_markdown(warnings) + to_markdown(table) + general_ability_note(general, mixed))
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
 plot_ablation(table, output.chart, difference_whiskers(final_models))
