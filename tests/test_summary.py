@@ -6,9 +6,11 @@ from vlmflow.evaluation.summary import (
     ablation_row,
     ablation_table,
     difference_whiskers,
+    general_ability_note,
     plot_ablation,
     summary_metrics,
     to_markdown,
+    with_general_ability,
 )
 
 
@@ -100,3 +102,37 @@ def test_differences_from_the_no_step_model_show_their_interval_and_mark_the_one
     plot_ablation(ablation_table([row]), tmp_path / "plain.png")
     plot_ablation(ablation_table([row]), tmp_path / "whiskers.png", whiskers)
     assert (tmp_path / "whiskers.png").read_bytes() != (tmp_path / "plain.png").read_bytes()
+
+
+def test_general_ability_is_a_column_per_final_model_with_a_footnote_on_mixing(tmp_path):
+    general = {
+        "baseline": {
+            "average_folds": {"n": 40, "correct": 2, "accuracy": 0.05},
+            "retrain_correction_pseudo": {"n": 40, "correct": 30, "accuracy": 0.75},
+        },
+        "baseline_ocr": {
+            "average_folds": {"n": 40, "correct": 0, "accuracy": 0.0},
+            "retrain_correction_pseudo": {"n": 40, "correct": 20, "accuracy": 0.5},
+        },
+    }
+    mixed = {"baseline": {"retrain_correction_pseudo": 52}, "baseline_ocr": {"retrain_correction_pseudo": 50}}
+    table = ablation_table([with_general_ability(row, general[row["variant"]]) for row in rows()])
+    assert list(table["general_accuracy.retrain_correction_pseudo"]) == [0.75, 0.5]
+    assert list(table["general_accuracy.average_folds"]) == [0.05, 0.0]
+    assert summary_metrics(table)["baseline.general_accuracy.retrain_correction_pseudo"] == 0.75
+    markdown = to_markdown(table) + general_ability_note(general, mixed)
+    assert "general acc: retrain, correction + pseudo" in markdown and "general acc: averaged folds" in markdown
+    assert "the 40 held-out general records" in markdown
+    with_mixing = "retrain, correction + pseudo (52 in baseline's fit, 50 in baseline_ocr's fit)"
+    assert f"- trained with general data mixed in (general records): {with_mixing}" in markdown
+    assert "- trained without general data: averaged folds (the weight average of the fold models" in markdown
+    plot_ablation(table, tmp_path / "summary.png")  # the chart keeps to weighted F1
+
+
+def test_without_held_out_general_records_there_is_no_column_and_no_footnote():
+    table = ablation_table([with_general_ability(row, {}) for row in rows()])
+    assert not any(column.startswith("general_accuracy") for column in table)
+    assert general_ability_note({"baseline": {}}, {"baseline": {"retrain_none": 5}}) == ""
+    # A retrained model whose fit mixed nothing in (ratio 0) counts as trained without.
+    note = general_ability_note({"b": {"retrain_none": {"n": 3, "accuracy": 1.0}}}, {"b": {"retrain_none": 0}})
+    assert "trained without general data: retrain, none" in note and "mixed in" not in note
