@@ -192,19 +192,23 @@ def test_general_answers_trained_through_llamafactory_are_read_back_exactly(tiny
 
 
 def test_the_rule_answers_the_demo_held_out_records_and_counts_the_split(tiny_model, tmp_path):
-    """evaluate_general_ability on a stand-in final model (the tiny model): no fold model trains."""
-    config = small_demo_config(tmp_path)
+    """evaluate_general_ability on a stand-in final model (the tiny model), and on the untuned base model: no
+    fold model trains."""
+    # The tiny model is also the base model, named by its folder as a hub id would be: no file input, no build.
+    config = small_demo_config(tmp_path, model={"name_or_path": str(tiny_model)})
     (tmp_path / "results/baseline/average_folds").mkdir(parents=True)
     (tmp_path / "results/baseline/average_folds/model").symlink_to(tiny_model)
     target = "results/baseline/average_folds/general_metrics.json"
-    rules = ["make_demo_general_data", "evaluate_general_ability"]
-    run_snakemake(tmp_path, config, "--cores", "1", target, "--allowed-rules", *rules)
+    base = "results/base_model/general_metrics.json"  # the untuned base model
+    rules = ["make_demo_general_data", "evaluate_general_ability", "evaluate_base_general_ability"]
+    run_snakemake(tmp_path, config, "--cores", "1", target, base, "--allowed-rules", *rules)
     split = json.loads((tmp_path / "resources/demo/general_split.json").read_text(encoding="utf-8"))
     held_out = read_general_records(tmp_path / "resources/demo/general_held_out.json", "alpaca")
     mixed = read_general_records(tmp_path / "resources/demo/general.json", "alpaca")
     assert split == {"records": 100, "mixed": len(mixed), "held_out": len(held_out)} and len(held_out) == 40
     metrics = json.loads((tmp_path / target).read_text(encoding="utf-8"))
     assert metrics["n"] == 40 and metrics["correct"] == round(metrics["accuracy"] * 40)
+    assert json.loads((tmp_path / base).read_text(encoding="utf-8"))["n"] == 40
     assert [example["expected"] for example in metrics["examples"]] == [
         record["messages"][-1]["content"] for record in held_out[:5]
     ]
@@ -219,8 +223,9 @@ def test_a_dry_run_plans_one_evaluation_per_final_model_read_by_the_summary(tmp_
     retrained = [f"retrain/{steps}/round1" for steps in ("none", "correction", "correction_pseudo")]
     final_models = {"average_folds", *retrained}
     assert evaluated == {(variant, model) for variant in ("baseline", "baseline_ocr") for model in final_models}
+    assert {job.rule for job in jobs} >= {"evaluate_base_general_ability", "summarize_ablation"}
     # Without final.general_data.held_out nothing is measured.
     config["final"]["general_data"]["held_out"] = None
     jobs = plan.planned_jobs(run_snakemake(tmp_path, config, "-n").stdout)
-    assert "evaluate_general_ability" not in {job.rule for job in jobs}
+    assert not {"evaluate_general_ability", "evaluate_base_general_ability"} & {job.rule for job in jobs}
     assert "summarize_ablation" in {job.rule for job in jobs}

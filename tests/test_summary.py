@@ -120,12 +120,13 @@ def test_general_ability_is_a_column_per_final_model_with_a_footnote_on_mixing(t
     assert list(table["general_accuracy.retrain_correction_pseudo"]) == [0.75, 0.5]
     assert list(table["general_accuracy.average_folds"]) == [0.05, 0.0]
     assert summary_metrics(table)["baseline.general_accuracy.retrain_correction_pseudo"] == 0.75
-    markdown = to_markdown(table) + general_ability_note(general, mixed)
+    markdown = to_markdown(table) + general_ability_note(general, mixed, {"n": 40, "correct": 1, "accuracy": 0.025})
     assert "general acc: retrain, correction + pseudo" in markdown and "general acc: averaged folds" in markdown
     assert "the 40 held-out general records" in markdown
     with_mixing = "retrain, correction + pseudo (52 in baseline's fit, 50 in baseline_ocr's fit)"
     assert f"- trained with general data mixed in (general records): {with_mixing}" in markdown
     assert "- trained without general data: averaged folds (the weight average of the fold models" in markdown
+    assert "- the untuned base model, for reference: 0.025 (1 of 40)" in markdown
     plot_ablation(table, tmp_path / "summary.png")  # the chart keeps to weighted F1
 
 

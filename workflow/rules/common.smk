@@ -243,6 +243,18 @@ def general_ability_metrics(variant):
     return [f"{path}/general_metrics.json" for path in dirs.values()]
 
 
+def model_to_load(wildcards, input):
+    """What a job loads its model from: its input.model folder (one, or none when the base model is a hub id,
+    which is then loaded by name)."""
+    models = [input.model] if isinstance(input.model, str) else list(input.model)
+    return models[0] if models else BASE_MODEL
+
+
+def base_general_ability_metrics():
+    """The untuned base model's accuracy on the same records, the reference (none without held-out records)."""
+    return ["results/base_model/general_metrics.json"] if general_held_out() else []
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),

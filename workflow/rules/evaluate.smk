@@ -104,6 +104,7 @@ rule summarize_ablation:
         general=[
             path for variant in VARIANTS for path in general_ability_metrics(variant)
         ],
+        base_general=base_general_ability_metrics(),
         training_sets=[
             path
             for variant in VARIANTS

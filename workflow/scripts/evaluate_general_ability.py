@@ -1,4 +1,5 @@
-"""A final model's exact-match accuracy on the held-out general records (never mixed into training)."""
+"""A final model's (or the base model's) exact-match accuracy on the held-out general records, never mixed into
+training."""
 
 import json
 
@@ -15,7 +16,7 @@ for path in snakemake.input.mixed:  # the general data final fits mix in, when c
     check_never_mixed(questions, read_general_records(path, snakemake.params.format))
 with lease_gpus(snakemake.resources.gpu):  # distinct GPUs per job; CUDA_VISIBLE_DEVICES set before CUDA starts
     answers = answer_questions(
-        snakemake.input.model,
+        snakemake.params.model,  # a folder, or the base model's hub id
         questions,
         batch_size=snakemake.params.batch_size,
         device=snakemake.params.device,

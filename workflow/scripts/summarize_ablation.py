@@ -52,7 +52,8 @@ rows = [with_general_ability(row, general[row["variant"]]) for row in rows]
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
 with open(output.markdown, "w", encoding="utf-8") as markdown:
-    markdown.write(warnings_markdown(warnings) + to_markdown(table) + general_ability_note(general, mixed))
+    base = read_json(snakemake.input.base_general[0]) if snakemake.input.base_general else None
+    markdown.write(warnings_markdown(warnings) + to_markdown(table) + general_ability_note(general, mixed, base))
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
 plot_ablation(table, output.chart, difference_whiskers(final_models))

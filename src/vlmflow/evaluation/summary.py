@@ -120,10 +120,13 @@ def with_general_ability(row: dict, general: dict[str, dict]) -> dict:
     return row | {f"{GENERAL}.{name}": metrics["accuracy"] for name, metrics in general.items()}
 
 
-def general_ability_note(general: dict[str, dict[str, dict]], mixed: dict[str, dict[str, int]]) -> str:
-    """The footnote of the general-ability columns: what was measured on how many records, and which final models
-    trained with general data mixed in. ``general``: variant -> final model -> general metrics; ``mixed``:
-    variant -> retrained model -> general records its fit mixed in (training_set.json); empty without any."""
+def general_ability_note(
+    general: dict[str, dict[str, dict]], mixed: dict[str, dict[str, int]], base: dict | None = None
+) -> str:
+    """The footnote of the general-ability columns: what was measured on how many records, which final models
+    trained with general data mixed in, and the untuned base model's accuracy for reference. ``general``:
+    variant -> final model -> general metrics; ``mixed``: variant -> retrained model -> general records its fit
+    mixed in (training_set.json); ``base``: the base model's general metrics. Empty without any measure."""
     if not any(general.values()):
         return ""
     sizes = sorted({metrics["n"] for models in general.values() for metrics in models.values()})
@@ -150,6 +153,9 @@ def general_ability_note(general: dict[str, dict[str, dict]], mixed: dict[str, d
         averaged = " (the weight average of the fold models, which train without it)"
         listed = "; ".join(titled(name) + (averaged if name == AVERAGE_FOLDS else "") for name in without)
         lines.append(f"- trained without general data: {listed}\n")
+    if base:
+        score = f"{base['accuracy']:.3f} ({base['correct']} of {base['n']})"
+        lines.append(f"- the untuned base model, for reference: {score}\n")
     return "".join(lines)
 
 
