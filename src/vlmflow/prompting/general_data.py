@@ -143,4 +143,5 @@ def split_held_out(records: list, held_out: int, seed: int) -> tuple[list, list]
         raise GeneralDataError(f"cannot hold out {held_out} of {len(records)} general records")
     chosen = set(random.Random(seed).sample(range(len(records)), held_out))
     mixed = [record for position, record in enumerate(records) if position not in chosen]
+    log.info("general data: %d records in, %d to mix in, %d held out", len(records), len(mixed), held_out)
     return mixed, [record for position, record in enumerate(records) if position in chosen]
