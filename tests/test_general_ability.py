@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,14 +22,13 @@ from vlmflow.evaluation.general_ability import (
     held_out_questions,
     normalized,
 )
-from vlmflow.model.families import family_of
 from vlmflow.model.scoring import ChatRequest, load_scorer
 from vlmflow.prompting.general_data import demo_general_records, read_general_records, split_held_out
 from vlmflow.prompting.prompts import write_llamafactory_dataset
 from vlmflow.runtime import plan
 
 from conftest import REPO, run_snakemake, small_demo_config
-from helpers.scoring_models import build_scoring_model
+from helpers.scoring_models import build_scoring_model, overfit_through_llamafactory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -158,36 +155,9 @@ def test_general_answers_trained_through_llamafactory_are_read_back_exactly(tiny
     prompt = baseline_prompt(labels)
     image_row = {"id": "0", "image_path": str(image), "prompt": prompt, "target": "退货页面", "system": None}
     write_llamafactory_dataset(pd.DataFrame([image_row]), tmp_path / "data", "mixed", records)
-    settings = {
-        "model_name_or_path": str(tiny_model),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "template": family_of(tiny_model).template,
-        "freeze_vision_tower": False,
-        "dataset": "mixed",
-        "dataset_dir": str(tmp_path / "data"),
-        "cutoff_len": 512,
-        "output_dir": str(tmp_path / "out"),
-        "overwrite_output_dir": True,
-        "per_device_train_batch_size": 4,
-        "num_train_epochs": 40,
-        "learning_rate": 1.0e-2,
-        "lr_scheduler_type": "constant",
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "use_cpu": True,
-        "report_to": "none",
-        "seed": 0,
-    }
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cli = Path(sys.executable).parent / "llamafactory-cli"
-    result = subprocess.run([str(cli), "train", str(config_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trained = overfit_through_llamafactory(tiny_model, tmp_path / "data", "mixed", tmp_path / "out", batch_size=4)
     questions = held_out_questions(records)
-    answers = answer_questions(str(tmp_path / "out"), questions, batch_size=2, threads=one_thread)
+    answers = answer_questions(str(trained), questions, batch_size=2, threads=one_thread)
     assert general_metrics(questions, answers)["accuracy"] == 1.0, answers
 
 
