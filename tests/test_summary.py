@@ -123,8 +123,8 @@ def test_general_ability_is_a_column_per_final_model_with_a_footnote_on_mixing(t
     markdown = to_markdown(table) + general_ability_note(general, mixed, {"n": 40, "correct": 1, "accuracy": 0.025})
     assert "general acc: retrain, correction + pseudo" in markdown and "general acc: averaged folds" in markdown
     assert "the 40 held-out general records" in markdown
-    with_mixing = "retrain, correction + pseudo (52 in baseline's fit, 50 in baseline_ocr's fit)"
-    assert f"- trained with general data mixed in (general records): {with_mixing}" in markdown
+    mixing = "- trained with general data mixed in (general records in each variant's fit): "
+    assert mixing + "retrain, correction + pseudo (baseline: 52, baseline_ocr: 50)\n" in markdown
     assert "- trained without general data: averaged folds (the weight average of the fold models" in markdown
     assert "- the untuned base model, for reference: 0.025 (1 of 40)" in markdown
     plot_ablation(table, tmp_path / "summary.png")  # the chart keeps to weighted F1

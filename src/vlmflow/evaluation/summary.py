@@ -134,7 +134,7 @@ def general_ability_note(
     for variant, models in general.items():
         for name in models:
             if mixed.get(variant, {}).get(name):
-                with_mixing.setdefault(name, []).append(f"{mixed[variant][name]} in {variant}'s fit")
+                with_mixing.setdefault(name, []).append(f"{variant}: {mixed[variant][name]}")
             elif name not in without:
                 without.append(name)
 
@@ -148,7 +148,7 @@ def general_ability_note(
     ]
     if with_mixing:
         listed = "; ".join(f"{titled(name)} ({', '.join(counts)})" for name, counts in with_mixing.items())
-        lines.append(f"- trained with general data mixed in (general records): {listed}\n")
+        lines.append(f"- trained with general data mixed in (general records in each variant's fit): {listed}\n")
     if without:
         averaged = " (the weight average of the fold models, which train without it)"
         listed = "; ".join(titled(name) + (averaged if name == AVERAGE_FOLDS else "") for name in without)
