@@ -22,6 +22,7 @@ from vlmflow.evaluation.general_ability import (
     held_out_questions,
     normalized,
 )
+from vlmflow.model.families import FAMILIES
 from vlmflow.model.scoring import ChatRequest, load_scorer
 from vlmflow.prompting.general_data import demo_general_records, read_general_records, split_held_out
 from vlmflow.prompting.prompts import write_llamafactory_dataset
@@ -109,8 +110,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_text_only_prompts_follow_the_template_and_batches_answer_as_one_at_a_time(tiny_model, one_thread):
-    scorer = load_scorer(tiny_model, num_threads=one_thread)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_text_only_prompts_follow_the_template_and_batches_answer_as_one_at_a_time(family, tmp_path, one_thread):
+    scorer = load_scorer(build_scoring_model(tmp_path / "model", family), num_threads=one_thread)
     with torch.no_grad():  # a peaked output layer, so that padding errors would change the greedy tokens
         scorer.model.lm_head.weight.mul_(20.0)
     requests = [
