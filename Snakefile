@@ -26,6 +26,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/recipe.smk"
 include: "workflow/rules/retrain.smk"
+include: "workflow/rules/general.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/report.smk"
 

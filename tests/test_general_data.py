@@ -7,6 +7,7 @@ from vlmflow.prompting.general_data import (
     demo_general_records,
     read_general_records,
     sample_general_records,
+    split_held_out,
 )
 
 
@@ -104,3 +105,17 @@ def test_the_demo_set_reads_back_with_checkable_answers(tmp_path):
     assert sums and all(
         int(r["output"]) == int(r["instruction"].split()[1]) + int(r["instruction"].split()[3]) for r in sums
     )
+
+
+def test_the_demo_split_is_disjoint_deterministic_and_adds_up():
+    records = demo_general_records(100, seed=3)
+    assert len({(record["instruction"], record["input"]) for record in records}) == 100  # no repeat to leak
+    mixed, held_out = split_held_out(records, 40, seed=3)
+    assert (len(mixed), len(held_out)) == (60, 40)
+    assert sorted(map(json.dumps, mixed + held_out)) == sorted(map(json.dumps, records))
+    assert not {json.dumps(record) for record in mixed} & {json.dumps(record) for record in held_out}
+    assert (mixed, held_out) == split_held_out(records, 40, seed=3)
+    assert held_out != split_held_out(records, 40, seed=4)[1]
+    assert [records.index(record) for record in held_out] == sorted(records.index(record) for record in held_out)
+    with pytest.raises(GeneralDataError, match="cannot hold out 101 of 100"):
+        split_held_out(records, 101, seed=3)

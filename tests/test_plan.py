@@ -66,6 +66,8 @@ def test_the_plan_counts_the_dags_gpu_jobs_and_the_disk_of_its_models(tmp_path, 
         "score_test_shard",
         "train_final",
         "score_final_model",
+        "evaluate_general_ability",  # each final model, and the base model, answer the held-out general records
+        "evaluate_base_general_ability",
     }
     disk = plan.disk_bytes()
     assert disk["fold models kept"] == variants * folds * 2 * QWEN2_VL_7B_PARAMETERS

@@ -4,19 +4,16 @@ the token and position layout of LLaMA-Factory's training, for every supported m
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
-from vlmflow.model.families import FAMILIES, family_of
+from vlmflow.model.families import FAMILIES
 from vlmflow.model.scoring import (
     extract_reason,
     load_scorer,
@@ -27,7 +24,7 @@ from vlmflow.model.scoring import (
 )
 from vlmflow.prompting.prompts import answer_around_label, write_llamafactory_dataset
 
-from helpers.scoring_models import build_scoring_model
+from helpers.scoring_models import build_scoring_model, overfit_through_llamafactory
 from helpers.variants import make_variant
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,36 +169,7 @@ def test_label_trained_through_llamafactory_scores_top_on_its_image(model_dir: P
             {"id": str(index), "image_path": str(image_path), "prompt": PROMPT, "target": label, "system": system}
         )
     write_llamafactory_dataset(pd.DataFrame(rows), tmp_path / "data", "overfit")
-    settings = {
-        "model_name_or_path": str(model_dir),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "template": family_of(model_dir).template,
-        "freeze_vision_tower": False,
-        "freeze_multi_modal_projector": False,
-        "dataset": "overfit",
-        "dataset_dir": str(tmp_path / "data"),
-        "cutoff_len": 512,
-        "output_dir": str(tmp_path / "out"),
-        "overwrite_output_dir": True,
-        "per_device_train_batch_size": 3,
-        "num_train_epochs": 40,
-        "learning_rate": 1.0e-2,
-        "lr_scheduler_type": "constant",
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "use_cpu": True,
-        "report_to": "none",
-        "seed": 0,
-    }
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cli = Path(sys.executable).parent / "llamafactory-cli"
-    result = subprocess.run([str(cli), "train", str(config_path)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
+    overfit_through_llamafactory(model_dir, tmp_path / "data", "overfit", tmp_path / "out", batch_size=3)
     trained = load_scorer(tmp_path / "out", num_threads=1)
     for row in rows:
         probabilities = trained.score_labels(row["image_path"], PROMPT, NAMES, system=system)

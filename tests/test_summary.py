@@ -8,10 +8,12 @@ from vlmflow.evaluation.summary import (
     counts_as,
     difference_metrics,
     difference_whiskers,
+    general_ability_note,
     plot_ablation,
     seed_points,
     summary_metrics,
     to_markdown,
+    with_general_ability,
 )
 
 
@@ -205,3 +207,38 @@ def test_with_one_seed_the_spread_is_unknown_and_nothing_is_marked_a_gain():
     assert "One seed per retrained model" in markdown and "no difference is marked as a gain" in markdown
     assert difference_metrics({"baseline": models})["baseline.difference_counts.retrain_correction_pseudo"] == 0.0
     assert seed_points({"baseline": models}) == {}  # one dot would only repeat the bar
+
+
+def test_general_ability_is_a_column_per_final_model_with_a_footnote_on_mixing(tmp_path):
+    general = {
+        "baseline": {
+            "average_folds": {"n": 40, "correct": 2, "accuracy": 0.05},
+            "retrain_correction_pseudo": {"n": 40, "correct": 30, "accuracy": 0.75},
+        },
+        "baseline_ocr": {
+            "average_folds": {"n": 40, "correct": 0, "accuracy": 0.0},
+            "retrain_correction_pseudo": {"n": 40, "correct": 20, "accuracy": 0.5},
+        },
+    }
+    mixed = {"baseline": {"retrain_correction_pseudo": 52}, "baseline_ocr": {"retrain_correction_pseudo": 50}}
+    table = ablation_table([with_general_ability(row, general[row["variant"]]) for row in rows()])
+    assert list(table["general_accuracy.retrain_correction_pseudo"]) == [0.75, 0.5]
+    assert list(table["general_accuracy.average_folds"]) == [0.05, 0.0]
+    assert summary_metrics(table)["baseline.general_accuracy.retrain_correction_pseudo"] == 0.75
+    markdown = to_markdown(table) + general_ability_note(general, mixed, {"n": 40, "correct": 1, "accuracy": 0.025})
+    assert "general acc: retrain, correction + pseudo" in markdown and "general acc: averaged folds" in markdown
+    assert "the 40 held-out general records" in markdown
+    mixing = "- trained with general data mixed in (general records in each variant's fit): "
+    assert mixing + "retrain, correction + pseudo (baseline: 52, baseline_ocr: 50)\n" in markdown
+    assert "- trained without general data: averaged folds (the weight average of the fold models" in markdown
+    assert "- the untuned base model, for reference: 0.025 (1 of 40)" in markdown
+    plot_ablation(table, tmp_path / "summary.png")  # the chart keeps to weighted F1
+
+
+def test_without_held_out_general_records_there_is_no_column_and_no_footnote():
+    table = ablation_table([with_general_ability(row, {}) for row in rows()])
+    assert not any(column.startswith("general_accuracy") for column in table)
+    assert general_ability_note({"baseline": {}}, {"baseline": {"retrain_none": 5}}) == ""
+    # A retrained model whose fit mixed nothing in (ratio 0) counts as trained without.
+    note = general_ability_note({"b": {"retrain_none": {"n": 3, "accuracy": 1.0}}}, {"b": {"retrain_none": 0}})
+    assert "trained without general data: retrain, none" in note and "mixed in" not in note

@@ -209,6 +209,10 @@ def test_the_ablation_summary_compares_every_variant(demo_run):
     table = pd.read_csv(workdir / "results/summary.csv")
     assert list(table["variant"]) == ["baseline", "baseline_ocr", "taught"]
     assert table["test_weighted_f1.retrain_correction_pseudo"].between(0, 1).all()
+    # General ability kept: each final model's accuracy on the held-out general records, and what mixed them in.
+    assert "general acc: averaged folds" in summary and "the 40 held-out general records" in summary
+    assert "trained with general data mixed in (general records in each variant's fit): retrain, correction" in summary
+    assert table["general_accuracy.retrain_correction_pseudo"].between(0, 1).all()
     assert (workdir / "results/summary.png").stat().st_size > 10_000
 
 
@@ -237,6 +241,8 @@ def test_mlflow_holds_a_run_per_variant_fold_and_final_model(demo_run):
         assert set(retrained) == {f"{variant}/retrain/correction_pseudo/seed42/round{n}" for n in (1, 2)}
         final_run = retrained[f"{variant}/retrain/correction_pseudo/seed42/round2"]
         assert "final.test_weighted_f1" in final_run.data.metrics and "training_set.pseudo" in final_run.data.metrics
+        assert "general.accuracy" in final_run.data.metrics  # on the held-out general records
+        assert "general.average_folds.accuracy" in parent.data.metrics
         assert len(client.get_metric_history(final_run.info.run_id, "loss")) >= 1
         assert "final.retrain_correction_pseudo.test_weighted_f1" in parent.data.metrics
         for child in folds:

@@ -288,6 +288,33 @@ def general_data():
     return [path] if path else []
 
 
+def general_held_out():
+    """The general records held out of every fit, to measure general ability, when one is configured."""
+    path = config["final"]["general_data"]["held_out"]
+    return [path] if path else []
+
+
+def general_ability_metrics(variant):
+    """Each final model's accuracy on the held-out general records (none without final.general_data.held_out):
+    a retrained model's first seed's fit, the one submitted (scripts key them by final_model_of)."""
+    if not general_held_out():
+        return []
+    dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS, [FIRST_SEED])
+    return [f"{path}/general_metrics.json" for path in dirs.values()]
+
+
+def model_to_load(wildcards, input):
+    """What a job loads its model from: its input.model folder (one, or none when the base model is a hub id,
+    which is then loaded by name)."""
+    models = [input.model] if isinstance(input.model, str) else list(input.model)
+    return models[0] if models else BASE_MODEL
+
+
+def base_general_ability_metrics():
+    """The untuned base model's accuracy on the same records, the reference (none without held-out records)."""
+    return ["results/base_model/general_metrics.json"] if general_held_out() else []
+
+
 def all_targets():
     return [
         *expand("results/data/{split}.parquet", split=SPLITS),

@@ -42,9 +42,13 @@ rule build_tiny_model:
         "../scripts/build_tiny_model.py"
 
 
+# The general set is split once: general.json may be mixed into final fits, general_held_out.json never is
+# (it measures general ability, workflow/rules/general.smk).
 rule make_demo_general_data:
     output:
         general="resources/demo/general.json",
+        held_out="resources/demo/general_held_out.json",
+        report="resources/demo/general_split.json",
     log:
         "logs/demo/make_demo_general_data.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -53,6 +57,7 @@ rule make_demo_general_data:
         "../../envs/core.yaml"
     params:
         seed=config["demo"]["seed"],
-        n=60,  # a few dozen records are enough to show the mixing; ratio decides how many are used
+        n=config["demo"]["general_records"],
+        held_out=config["demo"]["general_held_out"],
     script:
         "../scripts/make_demo_general_data.py"

@@ -81,6 +81,7 @@ rule log_variant_to_mlflow:
         training_sets=lambda wildcards: retrained_files(
             wildcards.variant, "training_set.json"
         ),
+        general_metrics=lambda wildcards: general_ability_metrics(wildcards.variant),
     output:
         logged="results/{variant}/mlflow_logged.json",
     log:
@@ -89,6 +90,8 @@ rule log_variant_to_mlflow:
     localrule: True
     conda:
         "../../envs/core.yaml"
+    params:
+        first_seed=FIRST_SEED,
     script:
         "../scripts/log_variant_to_mlflow.py"
 
@@ -103,6 +106,15 @@ rule summarize_ablation:
             path for variant in VARIANTS for path in final_model_metrics(variant)
         ],
         logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
+        general=[
+            path for variant in VARIANTS for path in general_ability_metrics(variant)
+        ],
+        base_general=base_general_ability_metrics(),
+        training_sets=[
+            path
+            for variant in VARIANTS
+            for path in retrained_files(variant, "training_set.json")
+        ],
         experiment="results/mlflow_experiment.json",
         stages=expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
     output:
@@ -125,6 +137,7 @@ rule summarize_ablation:
     params:
         variants=list(VARIANTS),
         submitted=SUBMITTED_MODEL,
+        first_seed=FIRST_SEED,
         min_ocr_text_share=config["ocr"]["min_text_share"],
     script:
         "../scripts/summarize_ablation.py"

@@ -28,6 +28,10 @@ for path in snakemake.input.reason_diversity:  # reason variants only
 # The parent gets each final model's metrics (a retrained one's across its seeds), each fit's run its own.
 for path in snakemake.input.final_metrics:
     metrics |= numeric_metrics(read_json(path), f"final.{final_model_of(path)[1]}")
+# Accuracy on the held-out general records (final.general_data.held_out): the first seed's fit of each model.
+general = {final_model_of(path)[1]: read_json(path) for path in snakemake.input.general_metrics}
+for name, general_metrics in general.items():
+    metrics |= numeric_metrics(general_metrics, f"general.{name}")
 client = MlflowClient(parent["tracking_uri"])
 children = [*snakemake.input.fold_runs, *snakemake.input.retrained_runs]
 share_variant_params(client, parent["run_id"], [read_run(path)["run_id"] for path in children])
@@ -36,6 +40,8 @@ training_sets = {final_fit_of(path)[1:]: path for path in snakemake.input.traini
 for run in snakemake.input.retrained_runs:
     fit = final_fit_of(run)[1:]
     numbers = numeric_metrics(fits[fit], "final") | numeric_metrics(read_json(training_sets[fit]), "training_set")
+    if fit[1] == snakemake.params.first_seed:
+        numbers |= numeric_metrics(general.get(fit[0], {}), "general")
     log_results(client, read_run(run)["run_id"], numbers, [training_sets[fit]])
 log_variant_results(
     parent,

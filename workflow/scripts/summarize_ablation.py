@@ -8,13 +8,15 @@ from vlmflow.evaluation.summary import (
     ablation_table,
     difference_metrics,
     difference_whiskers,
+    general_ability_note,
     plot_ablation,
     seed_points,
     summary_metrics,
     to_markdown,
     warnings_markdown,
+    with_general_ability,
 )
-from vlmflow.recipe.final_models import final_model_of, variant_of
+from vlmflow.recipe.final_models import final_fit_of, final_model_of, variant_of
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
 from vlmflow.tracking.runs import log_summary_run, read_run, write_run
@@ -41,10 +43,22 @@ rows = [
     ablation_row(variant, metrics[variant], corrections[variant], final_models[variant], snakemake.params.submitted)
     for variant in snakemake.params.variants
 ]
+general = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> general metrics
+for path in snakemake.input.general:  # when final.general_data.held_out is set
+    variant, name = final_model_of(path)
+    general[variant][name] = read_json(path)
+# variant -> retrained model -> general records in the fit whose general ability was measured (the first seed's)
+mixed = {variant: {} for variant in snakemake.params.variants}
+for path in snakemake.input.training_sets:
+    variant, name, seed = final_fit_of(path)
+    if seed == snakemake.params.first_seed:
+        mixed[variant][name] = read_json(path)["general_records"]
+rows = [with_general_ability(row, general[row["variant"]]) for row in rows]
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
 with open(output.markdown, "w", encoding="utf-8") as markdown:
-    markdown.write(warnings_markdown(warnings) + to_markdown(table))
+    base = read_json(snakemake.input.base_general[0]) if snakemake.input.base_general else None
+    markdown.write(warnings_markdown(warnings) + to_markdown(table) + general_ability_note(general, mixed, base))
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
 plot_ablation(table, output.chart, difference_whiskers(final_models), seed_points(final_models))

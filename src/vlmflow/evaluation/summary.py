@@ -27,6 +27,8 @@ TEST_F1 = "test_weighted_f1"
 # over seeds for a retrained one).
 VS_NONE = "test_weighted_f1_minus_none"
 NO_STEP_MODEL = retrained_model_name(NO_STEPS)
+# A final model's exact-match accuracy on the held-out general records (vlmflow.evaluation.general_ability).
+GENERAL = "general_accuracy"
 TITLES = {
     "variant": "variant",
     "oof_weighted_f1": "out-of-fold weighted F1",
@@ -197,10 +199,60 @@ def with_titles(table: pd.DataFrame) -> pd.DataFrame:
         column: TITLES.get(column)
         or (_difference_title(column.removeprefix(f"{VS_NONE}.")) if column.startswith(f"{VS_NONE}.") else None)
         or (_seed_range_title(column.removeprefix(f"{SEED_RANGE}.")) if column.startswith(f"{SEED_RANGE}.") else None)
+        or (_general_title(column.removeprefix(f"{GENERAL}.")) if column.startswith(f"{GENERAL}.") else None)
         or _final_model_title(column.removeprefix(f"{TEST_F1}."))
         for column in table
     }
     return table.rename(columns=titles)
+
+
+def _general_title(name: str) -> str:
+    return "general acc: " + _final_model_title(name).removeprefix("test wF1: ")
+
+
+def with_general_ability(row: dict, general: dict[str, dict]) -> dict:
+    """A variant's row with each final model's accuracy on the held-out general records (``general`` maps
+    final-model names to their general_metrics.json)."""
+    return row | {f"{GENERAL}.{name}": metrics["accuracy"] for name, metrics in general.items()}
+
+
+def general_ability_note(
+    general: dict[str, dict[str, dict]], mixed: dict[str, dict[str, int]], base: dict | None = None
+) -> str:
+    """The footnote of the general-ability columns: what was measured on how many records, which final models
+    trained with general data mixed in, and the untuned base model's accuracy for reference. ``general``:
+    variant -> final model -> general metrics; ``mixed``: variant -> retrained model -> general records its fit
+    mixed in (training_set.json); ``base``: the base model's general metrics. Empty without any measure."""
+    if not any(general.values()):
+        return ""
+    sizes = sorted({metrics["n"] for models in general.values() for metrics in models.values()})
+    with_mixing, without = {}, []
+    for variant, models in general.items():
+        for name in models:
+            if mixed.get(variant, {}).get(name):
+                with_mixing.setdefault(name, []).append(f"{variant}: {mixed[variant][name]}")
+            elif name not in without:
+                without.append(name)
+
+    def titled(name: str) -> str:
+        return _final_model_title(name).removeprefix("test wF1: ")
+
+    lines = [
+        f"\ngeneral acc: exact-match accuracy (NFKC, stripped, case-folded) of each final model's greedy answers to "
+        f"the {' or '.join(map(str, sizes))} held-out general records (final.general_data.held_out), which no fit "
+        "trains on; a retrained model's is its first seed's fit, the one submitted.\n"
+    ]
+    if with_mixing:
+        listed = "; ".join(f"{titled(name)} ({', '.join(counts)})" for name, counts in with_mixing.items())
+        lines.append(f"- trained with general data mixed in (general records in each variant's fit): {listed}\n")
+    if without:
+        averaged = " (the weight average of the fold models, which train without it)"
+        listed = "; ".join(titled(name) + (averaged if name == AVERAGE_FOLDS else "") for name in without)
+        lines.append(f"- trained without general data: {listed}\n")
+    if base:
+        score = f"{base['accuracy']:.3f} ({base['correct']} of {base['n']})"
+        lines.append(f"- the untuned base model, for reference: {score}\n")
+    return "".join(lines)
 
 
 def warnings_markdown(warnings: list[str]) -> str:

@@ -72,6 +72,14 @@ class ScoringRequest:
     system: str | None = None
 
 
+@dataclass
+class ChatRequest:
+    """A text-only chat to answer (no image), as general data trains: its turns through the last user turn."""
+
+    messages: list[dict]
+    system: str | None = None
+
+
 class ScoringBackend(Protocol):
     """What ``score_table`` needs of a backend (``Scorer`` here, ``vllm_backend.VllmScorer`` for vLLM)."""
 
@@ -122,6 +130,15 @@ class PromptEncoder:
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
         messages = self.template.mm_plugin.process_messages(messages, [open_image(image)], [], [], self.processor)
         ids, _ = self.template.encode_oneturn(self.tokenizer, messages, system)
+        return ids
+
+    def chat_prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The template's tokens of a text-only chat up to its answer, as LLaMA-Factory encodes a general-data
+        record in training (earlier turns, then the last user turn; no image, so the plugin adds nothing)."""
+        if not request.messages or request.messages[-1]["role"] != "user":
+            raise ValueError(f"a chat to answer must end on a user turn: {request.messages!r}")
+        messages = [*request.messages, {"role": "assistant", "content": ""}]
+        ids, _ = self.template.encode_oneturn(self.tokenizer, messages, request.system)
         return ids
 
     def image_inputs(self, image: ImageInput, ids: list[int]) -> dict:
@@ -220,6 +237,17 @@ class Scorer:
             ids = self.encoder.prompt_ids(image, request.prompt, request.system) + list(extra)
             rows.append(ids)
             images.append(self.encoder.image_inputs(image, ids))
+        input_ids, attention_mask = self.left_padded(rows)
+        # Image tokens are type 1, text 0, as LLaMA-Factory's collator marks them for M-RoPE.
+        mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
+        for name in images[0]:  # one image per row: the processor's rows (patches, grids) stack in order
+            inputs[name] = torch.cat([image[name] for image in images])
+        return {name: value.to(self.device) for name, value in inputs.items()}
+
+    def left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows as one left-padded batch and its attention mask (the last position of every row is its own
+        last token)."""
         width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_of_turn_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -227,11 +255,14 @@ class Scorer:
         for row, ids in enumerate(rows):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
-        # Image tokens are type 1, text 0, as LLaMA-Factory's collator marks them for M-RoPE.
-        mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
-        for name in images[0]:  # one image per row: the processor's rows (patches, grids) stack in order
-            inputs[name] = torch.cat([image[name] for image in images])
+        return input_ids, attention_mask
+
+    def encode_chats(self, requests: list[ChatRequest]) -> dict:
+        """Model inputs of several text-only chats, left-padded to one length (no pixels: every token is text)."""
+        rows = [self.encoder.chat_prompt_ids(request) for request in requests]
+        input_ids, attention_mask = self.left_padded(rows)
+        text_only = torch.zeros_like(input_ids)  # every token is text (type 0) for M-RoPE
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": text_only}
         return {name: value.to(self.device) for name, value in inputs.items()}
 
     def positions(self, inputs: dict) -> torch.Tensor:
@@ -367,6 +398,14 @@ class Scorer:
         a row stops at <|im_end|> or once its text ends with ``stop`` (kept in the text)."""
         prefix_ids = self.encoder.text_ids(answer_prefix)
         inputs = self.encode_batch(requests, [prefix_ids] * len(requests))
+        return self._greedy(inputs, stop=stop, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+
+    @torch.inference_mode()
+    def generate_chats(self, requests: list[ChatRequest], *, max_new_tokens: int = 100) -> list[str]:
+        """Greedy answer of each text-only chat, as one left-padded batch; a row stops at <|im_end|>."""
+        return self._greedy(self.encode_chats(requests), stop=None, max_new_tokens=max_new_tokens, min_new_tokens=0)
+
+    def _greedy(self, inputs: dict, *, stop: str | None, max_new_tokens: int, min_new_tokens: int) -> list[str]:
         stopping = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
         output = self.model.generate(
             **inputs,

@@ -110,27 +110,38 @@ def sample_general_records(records: list[dict], n_classification: int, ratio: fl
 
 
 def demo_general_records(n: int, seed: int) -> list[dict]:
-    """A small alpaca-format general set for the demo: arithmetic, counting and ordering with checkable answers."""
+    """A small alpaca-format general set for the demo: arithmetic, counting and ordering, each answer short
+    and exactly checkable, every question distinct (so a held-out part shares no question with the rest)."""
     rng = random.Random(seed)
     words = ["订单", "退款", "客服", "商品", "物流", "评价", "优惠券", "地址", "支付", "发票"]
-    records = []
-    for index in range(n):
-        kind = index % 3
+    records, seen = [], set()
+    while len(records) < n:
+        kind = len(records) % 3
         if kind == 0:
             a, b = rng.randint(1, 99), rng.randint(1, 99)
-            records.append({"instruction": f"计算 {a} + {b} 等于多少?只回答数字。", "input": "", "output": str(a + b)})
+            record = {"instruction": f"计算 {a} + {b} 等于多少?只回答数字。", "input": "", "output": str(a + b)}
         elif kind == 1:
-            word = rng.choice(words) * rng.randint(1, 3)
-            records.append(
-                {"instruction": "下面这段文字有几个字?只回答数字。", "input": word, "output": str(len(word))}
-            )
+            text = "".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+            record = {"instruction": "下面这段文字有几个字?只回答数字。", "input": text, "output": str(len(text))}
         else:
             picked = rng.sample(words, 3)
-            records.append(
-                {
-                    "instruction": "把下面的词按字数从少到多排列,用逗号分隔。",
-                    "input": ",".join(picked),
-                    "output": ",".join(sorted(picked, key=lambda word: (len(word), picked.index(word)))),
-                }
-            )
+            record = {
+                "instruction": "把下面的词按字数从少到多排列,用逗号分隔。",
+                "input": ",".join(picked),
+                "output": ",".join(sorted(picked, key=lambda word: (len(word), picked.index(word)))),
+            }
+        if (record["instruction"], record["input"]) not in seen:  # a repeat would leak across the split
+            seen.add((record["instruction"], record["input"]))
+            records.append(record)
     return records
+
+
+def split_held_out(records: list, held_out: int, seed: int) -> tuple[list, list]:
+    """(mixed, held out): ``held_out`` records drawn by ``seed`` are set aside, never to be mixed into training;
+    both parts keep the records' order."""
+    if not 0 <= held_out <= len(records):
+        raise GeneralDataError(f"cannot hold out {held_out} of {len(records)} general records")
+    chosen = set(random.Random(seed).sample(range(len(records)), held_out))
+    mixed = [record for position, record in enumerate(records) if position not in chosen]
+    log.info("general data: %d records in, %d to mix in, %d held out", len(records), len(mixed), held_out)
+    return mixed, [record for position, record in enumerate(records) if position in chosen]

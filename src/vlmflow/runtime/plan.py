@@ -27,6 +27,9 @@ OPTIMIZER_BYTES_PER_PARAMETER = 12
 SAVED_BYTES_PER_PARAMETER = 2  # bf16 weights
 ADAPTER_BYTES_PER_PARAMETER = 4  # PEFT saves LoRA weights in float32
 TRAINING_RULES = {"train_fold", "train_final"}
+# Jobs that answer the held-out general records (workflow/rules/general.smk), greedily, a few tokens each.
+GENERAL_ABILITY_RULES = {"evaluate_general_ability", "evaluate_base_general_ability"}
+GENERAL_TOKENS_PER_ANSWER = 16  # a short checkable answer and the margin the job generates beyond it
 
 
 @dataclass
@@ -111,6 +114,7 @@ class ModelSize:
 class RecordCounts:
     train: int
     test: int
+    general_held_out: int = 0  # general records every final model answers (final.general_data.held_out)
 
     @classmethod
     def of(cls, config: dict, workdir: Path) -> RecordCounts:
@@ -122,6 +126,11 @@ class RecordCounts:
                 counts.append(len(_records(path)))
             else:
                 counts.append(config["demo"][f"n_{split}"])
+        held_out = config["final"]["general_data"]["held_out"]
+        if held_out and (workdir / held_out).is_file():
+            counts.append(len(_records(workdir / held_out)))
+        else:  # the demo's, not written yet, or none configured
+            counts.append(config["demo"]["general_held_out"] if held_out else 0)
         return cls(*counts)
 
 
@@ -200,6 +209,9 @@ class Plan:
             images = self.images_of(job)
             if job.rule in TRAINING_RULES:
                 seconds = images * rates["tokens_per_record"] / rates["train_tokens_per_second"] * scale
+            elif job.rule in GENERAL_ABILITY_RULES:
+                tokens = self.records.general_held_out * GENERAL_TOKENS_PER_ANSWER
+                seconds = tokens * rates["generate_seconds_per_token"] * scale
             else:
                 per_image = rates["score_seconds_per_image"]
                 if job.wildcards.get("variant") in reasons:
