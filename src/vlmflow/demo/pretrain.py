@@ -26,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlmflow.demo.dataset import ACCENTS, BODIES, Page, draw_screen, worn
+from vlmflow.demo.dataset import BODIES, Page, draw_screen, worn
 from vlmflow.runtime.fonts import find_cjk_font
 
 log = logging.getLogger(__name__)
 
 # The generic screens' own text: settings- and tool-like apps, none a word of a task page (a test checks).
-GENERIC_TITLES = tuple("主页 消息 发现 相册 日历 天气 音乐 地图 视频 文件 备忘录 时钟 相机 新闻 读书 笔记 健康 联系人".split())
+GENERIC_TITLES = tuple(
+    "主页 消息 发现 相册 日历 天气 音乐 地图 视频 文件 备忘录 时钟 相机 新闻 读书 笔记 健康 联系人".split()
+)
 GENERIC_WORDS = tuple(
     "音量 亮度 字体大小 存储空间 语言 版本号 自动更新 夜间模式 定位服务 屏幕时间 备份 壁纸 铃声 震动 "
     "勿扰模式 键盘 日期与时间 辅助功能 隐私 下载 桌面 锁屏 声音 显示 网络 热点 同步 清理".split()
@@ -77,7 +79,11 @@ QUESTIONS = {
 
 def colour_name(colour: tuple[int, int, int]) -> str:
     """The name in ``HEADER_COLOURS`` nearest to an RGB colour."""
-    return min(HEADER_COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(HEADER_COLOURS[name], colour)))
+
+    def distance(name: str) -> int:
+        return sum((a - b) ** 2 for a, b in zip(HEADER_COLOURS[name], colour, strict=True))
+
+    return min(HEADER_COLOURS, key=distance)
 
 
 @dataclass(frozen=True)
@@ -168,8 +174,9 @@ def generate_pretrain_corpus(
         image_path = f"images/{digest[:30]}.jpg"
         image.save(out_dir / image_path, "JPEG", quality=55 + record_seed % 41)
         prompt, answer = question_and_answer(facts, random.Random(record_seed + 1))
-        records.append({"id": digest[:30], "image": image_path, "prompt": prompt, "answer": answer,
-                        "facts": facts.__dict__})
+        records.append(
+            {"id": digest[:30], "image": image_path, "prompt": prompt, "answer": answer, "facts": facts.__dict__}
+        )
     text = json.dumps(records, ensure_ascii=False, indent=1)
     (out_dir / "corpus.json").write_text(text + "\n", encoding="utf-8")
     log.info("pretraining corpus: %d generic screens in %s", len(records), out_dir)
@@ -220,9 +227,19 @@ def training_losses(model_dir: str | Path) -> list[float]:
     return [entry["loss"] for entry in map(json.loads, lines) if "loss" in entry]
 
 
-def pretrain_tiny_model(*, corpus_file: str | Path, tiny_model: str | Path, out_dir: str | Path, workdir: str | Path,
-                        template: str, training: dict, budget: dict, seed: int, threads: int,
-                        log_path: str | Path) -> Path:
+def pretrain_tiny_model(
+    *,
+    corpus_file: str | Path,
+    tiny_model: str | Path,
+    out_dir: str | Path,
+    workdir: str | Path,
+    template: str,
+    training: dict,
+    budget: dict,
+    seed: int,
+    threads: int,
+    log_path: str | Path,
+) -> Path:
     """Train ``tiny_model`` on the corpus (full fine-tune, vision tower unfrozen) into ``out_dir``."""
     from vlmflow.model.train import train_model
 
@@ -246,6 +263,11 @@ def pretrain_tiny_model(*, corpus_file: str | Path, tiny_model: str | Path, out_
     (workdir / "model").replace(out_dir)
     losses = training_losses(out_dir)
     if losses:
-        log.info("pretrained %s: loss %.3f at the first logged step, %.3f at the last (%d steps)",
-                 out_dir, losses[0], losses[-1], budget["max_steps"])
+        log.info(
+            "pretrained %s: loss %.3f at the first logged step, %.3f at the last (%d steps)",
+            out_dir,
+            losses[0],
+            losses[-1],
+            budget["max_steps"],
+        )
     return out_dir
