@@ -2,8 +2,9 @@
 
 For each closed question of the pretraining corpus (header colour, list layout, item count, dialog, bottom
 button, picture, dark mode, title) it scores every possible answer on screens drawn with a seed the
-pretraining never saw, the question asked first, and counts how often the likeliest answer is the drawn
-one; the majority answer of the same screens is the bar to beat. Run it on the random-weight model too.
+pretraining never saw, after the drawn answers of the questions asked before it (teacher forcing), and
+counts how often the likeliest answer is the drawn one; the majority answer of the same screens is the
+bar to beat. Run it on the random-weight model too.
 
     .venv/bin/python benchmarks/pretrain_probe.py resources/demo/pretrained-qwen2-vl resources/demo/tiny-qwen2-vl
 """
@@ -11,7 +12,6 @@ one; the majority answer of the same screens is the bar to beat. Run it on the r
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,42 +23,39 @@ from vlmflow.demo.pretrain import (
     HEADER_COLOURS,
     LAYOUTS,
     NO,
+    PROMPT,
     QUESTIONS,
     YES,
     ScreenFacts,
+    answer_lines,
     generate_pretrain_corpus,
 )
 from vlmflow.model.scoring import ScoringRequest, load_scorer
 
-ANSWERS = {
+# Every possible answer of each question, in the order PROMPT asks them.
+OPTIONS = {
     "title": list(GENERIC_TITLES),
     "header_colour": list(HEADER_COLOURS),
     "layout": list(LAYOUTS.values()),
     "items": [str(count) for count in range(1, 25)],
-    "dialog": [YES, NO],
-    "bottom_bar": [YES, NO],
-    "picture": [YES, NO],
-    "dark": [YES, NO],
 }
-
-
-def prompt_asking_first(key: str, order_seed: int) -> str:
-    """The corpus's prompt with ``key``'s question first and the others in a seeded order."""
-    others = [other for other in QUESTIONS if other != key]
-    random.Random(order_seed).shuffle(others)
-    questions = "\n".join(QUESTIONS[name][0] for name in [key, *others])
-    return "<image>\n请回答关于这张截图的问题,每行一个答案。\n" + questions
+ANSWERS = {key: OPTIONS.get(key, [YES, NO]) for key in QUESTIONS}
 
 
 def probe(model_dir: str, corpus: Path, records) -> dict[str, tuple[float, float]]:
     """Per question: (accuracy of the likeliest answer, share of the majority answer)."""
     scorer = load_scorer(model_dir, num_threads=2)
     images = [Image.open(corpus / image).convert("RGB") for image in records["image"]]
+    facts = [ScreenFacts(**drawn) for drawn in records["facts"]]
+    requests = [ScoringRequest(image, PROMPT) for image in images]
     results = {}
-    for key, options in ANSWERS.items():
-        truth = [ScreenFacts(**facts).answer(key) for facts in records["facts"]]
-        requests = [ScoringRequest(image, prompt_asking_first(key, index)) for index, image in enumerate(images)]
-        answers = [(f"{QUESTIONS[key][1]}:", "\n")] * len(requests)
+    for line, (key, options) in enumerate(ANSWERS.items()):
+        truth = [fact.answer(key) for fact in facts]
+        # Teacher forcing: the drawn answers of the earlier questions, then this question's key.
+        answers = [
+            ("".join(f"{text}\n" for text in answer_lines(fact)[:line]) + f"{QUESTIONS[key][1]}:", "\n")
+            for fact in facts
+        ]
         probabilities = scorer.score_many(requests, options, answers)
         right = sum(options[row.argmax()] == drawn for row, drawn in zip(probabilities, truth, strict=True))
         results[key] = (right / len(truth), Counter(truth).most_common(1)[0][1] / len(truth))
