@@ -29,7 +29,9 @@ from vlmflow.recipe.steps import (
 SPLITS = ["train", "test"]
 # The base model and its family (template, loader, vision modules): an unsupported one fails here, at start.
 BASE_MODEL, MODEL_FAMILY = resolve_base_model(
-    config["model"]["name_or_path"], config["demo"]["model_family"]
+    config["model"]["name_or_path"],
+    config["demo"]["model_family"],
+    pretrained=config["demo"]["pretrain"]["enabled"],
 )
 DEEPSPEED_DIR = Path(workflow.basedir) / "config" / "deepspeed"
 # Each variant's validated switches (a rule's params: editing them reruns its jobs) and the variant itself,
@@ -76,10 +78,7 @@ wildcard_constraints:
     seed=r"\d+",
     round=r"\d+",
     final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/seed\d+/round\d+",
-    demo_model="|".join(
-        family.demo_model_dir.removeprefix("resources/demo/tiny-")
-        for family in FAMILIES.values()
-    ),
+    demo_model="|".join(family.demo_name for family in FAMILIES.values()),
 
 
 def data_file(wildcards):
@@ -151,8 +150,13 @@ def scoring_settings():
 
 
 def demo_model_family(wildcards):
-    """The family of the demo model folder being built (resources/demo/tiny-<family>)."""
+    """The family of the demo model folder being built (resources/demo/tiny-<family>, pretrained-<family>)."""
     return demo_family(f"resources/demo/tiny-{wildcards.demo_model}").model_type
+
+
+def demo_model_template(wildcards):
+    """The LLaMA-Factory template of the demo model being pretrained."""
+    return FAMILIES[demo_model_family(wildcards)].template
 
 
 def variant_settings(wildcards):

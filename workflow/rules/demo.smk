@@ -1,5 +1,6 @@
 # The embedded demo world: a generated MIRE-format dataset and a tiny random-weight model of a real
-# family (resources/demo/tiny-<family>), both from config["demo"]. They are built only when data.* and
+# family (resources/demo/tiny-<family>), both from config["demo"], and that model pretrained on generic
+# screens (resources/demo/pretrained-<family>, demo.pretrain). They are built only when data.* and
 # model.* point at them.
 
 
@@ -40,6 +41,51 @@ rule build_tiny_model:
         family=demo_model_family,
     script:
         "../scripts/build_tiny_model.py"
+
+
+rule make_pretrain_corpus:
+    output:
+        corpus="resources/demo/pretrain_corpus/corpus.json",
+        images=directory("resources/demo/pretrain_corpus/images"),
+    log:
+        "logs/demo/make_pretrain_corpus.log",
+    benchmark:
+        "benchmarks/demo/make_pretrain_corpus.tsv"
+    conda:
+        "../../envs/core.yaml"
+    params:
+        seed=config["demo"]["pretrain"]["seed"],
+        n_images=config["demo"]["pretrain"]["n_images"],
+        image_size=[config["demo"]["image_width"], config["demo"]["image_height"]],
+    script:
+        "../scripts/make_pretrain_corpus.py"
+
+
+rule pretrain_tiny_model:
+    input:
+        corpus="resources/demo/pretrain_corpus/corpus.json",
+        images="resources/demo/pretrain_corpus/images",
+        tiny_model="resources/demo/tiny-{demo_model}",
+    output:
+        model=directory("resources/demo/pretrained-{demo_model}"),
+    log:
+        "logs/demo/pretrain_tiny_model/{demo_model}.log",
+    benchmark:
+        "benchmarks/demo/pretrain_tiny_model/{demo_model}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    params:
+        template=demo_model_template,
+        # The fold fine-tunes' CPU settings, with the pretraining's own budget (demo.pretrain).
+        training=config["train"]["hyperparameters"],
+        budget={
+            key: config["demo"]["pretrain"][key]
+            for key in ("max_steps", "batch_size", "learning_rate")
+        },
+        seed=config["demo"]["seed"],
+    script:
+        "../scripts/pretrain_tiny_model.py"
 
 
 # The general set is split once: general.json may be mixed into final fits, general_held_out.json never is

@@ -41,6 +41,8 @@ class Page:
     popup: tuple[str, ...] = ()  # title of a modal drawn over the dimmed page
     brands: tuple[str, ...] = ()  # other apps: the title is a brand drawn in the brand's colour
     picture: float = 0.0  # share of the height given to a product picture
+    popup_messages: tuple[str, ...] = ("请稍后再试", "商品库存不足", "当前购买人数过多")  # a modal's message
+    popup_buttons: tuple[str, ...] = ("确定", "我知道了", "返回购物车")  # ... and its button
 
 
 def _page(bodies: str, titles: str = "搜索", words: str = "", picture: float = 0.0, **more: str) -> Page:
@@ -258,6 +260,14 @@ class Canvas:
         self.image = Image.new("RGB", size, self.bg)
         self.draw = ImageDraw.Draw(self.image)
         self.y, self.limit = 0, self.height
+        # What was drawn, for questions about the screen (vlmflow.demo.pretrain_corpus): the title, the
+        # header's colour, the items of each body, whether a bottom bar or a dialog is there.
+        self.dark = dark
+        self.drawn: dict = {"items": {}, "bottom_bar": False, "dialog": False}
+
+    def count(self, body: str) -> None:
+        """One more item (row, card, event, message, review, coupon, chip group) of ``body`` drawn."""
+        self.drawn["items"][body] = self.drawn["items"].get(body, 0) + 1
 
     def px(self, value: float) -> int:
         return max(1, int(value * self.unit))
@@ -339,10 +349,12 @@ def _header(c: Canvas) -> None:
     colour = BRAND_COLOURS.get(brand) or (c.accent if rng.random() < 0.3 else c.card)
     ink = (255, 255, 255) if sum(colour) < 450 else (34, 34, 34)
     c.draw.rectangle((0, 0, c.width, c.px(66)), fill=colour)
+    c.drawn["header_colour"] = colour
     c.text(c.margin, c.px(4), f"{rng.randint(0, 23)}:{rng.randint(0, 59):02d}", 12, ink)
     c.draw.rectangle((c.width - c.margin - c.px(22), c.px(7), c.width - c.margin, c.px(16)), outline=ink)
     c.text(c.margin, c.px(32), "<", 20, ink)
     title = brand or rng.choice(c.page.titles)
+    c.drawn["title"] = title
     if title == "搜索":  # shop and product pages carry a search box instead of a title
         c.draw.rounded_rectangle((c.px(36), c.px(30), c.width - c.px(40), c.px(58)), c.px(14), fill=c.bg)
         c.text(c.px(48), c.px(36), "搜索 " + rng.choice(ITEMS), 13, c.muted)
@@ -359,6 +371,7 @@ def _rows(c: Canvas) -> None:
         c.text(c.margin, c.y + step / 2, c.rng.choice(c.page.words), 14, anchor="lm", room=c.width / 2)
         c.text(c.width - c.margin, c.y + step / 2, c.value(), 13, c.muted, anchor="rm", room=c.width / 2.5)
         c.y += step
+        c.count("rows")
 
 
 def _cards(c: Canvas) -> None:
@@ -380,6 +393,7 @@ def _cards(c: Canvas) -> None:
         c.text(left, c.y + c.px(14 + raw_step / 4), c.words(2), 12, c.muted)
         c.text(left, c.y + step - c.px(30), c.price() if rng.random() < 0.6 else c.value(), 14, c.accent)
         c.y += step
+        c.count("cards")
 
 
 def _timeline(c: Canvas) -> None:
@@ -393,6 +407,7 @@ def _timeline(c: Canvas) -> None:
         c.text(x + c.px(16), c.y + c.px(1), event, 13, c.fg if first else c.muted)
         c.text(x + c.px(16), c.y + c.px(22), c.value() if rng.random() < 0.2 else c.when(), 11, c.muted)
         c.y, first = c.y + step, False
+        c.count("timeline")
 
 
 def _chat(c: Canvas) -> None:
@@ -408,6 +423,7 @@ def _chat(c: Canvas) -> None:
         ink = (34, 34, 34) if mine else c.fg
         c.text(x0 + c.px(10), c.y + c.px(18), text, 14, ink, anchor="lm", room=bubble - c.px(20))
         c.y += c.px(c.rng.uniform(48, 64))
+        c.count("chat")
 
 
 def _reviews(c: Canvas) -> None:
@@ -426,6 +442,7 @@ def _reviews(c: Canvas) -> None:
         c.text(c.margin, c.y + c.px(50), c.words(3), 13)
         c.text(c.margin, c.y + c.px(72), c.words(2), 13, c.muted)
         c.y += step
+        c.count("reviews")
 
 
 def _coupons(c: Canvas) -> None:
@@ -442,6 +459,7 @@ def _coupons(c: Canvas) -> None:
         c.text(split + c.px(10), bottom - c.px(24), c.words(1), 11, c.muted)
         c.text(right - c.px(10), middle, rng.choice(["领取", "立即领取", "去使用"]), 13, c.accent, "rm")
         c.y += step
+        c.count("coupons")
 
 
 def _chips(c: Canvas) -> None:
@@ -449,6 +467,7 @@ def _chips(c: Canvas) -> None:
     while c.y + c.px(40) + height <= c.limit:
         c.text(c.margin, c.y + c.px(6), c.rng.choice(c.page.words), 14)
         x, c.y = c.margin, c.y + c.px(32)
+        c.count("chips")
         for chip in c.rng.sample(CHIPS, c.rng.randint(3, 8)):
             chip_width = c.draw.textlength(chip, font=font) + c.px(24)
             if x + chip_width > c.width - c.margin:  # wrap onto the next line of chips
@@ -476,13 +495,18 @@ def _popup(c: Canvas) -> None:
     top, bottom = c.height * rng.uniform(0.3, 0.4), c.height * rng.uniform(0.55, 0.65)
     c.draw.rounded_rectangle((c.width * 0.12, top, c.width * 0.88, bottom), c.px(12), fill=(255, 255, 255))
     c.text(c.width / 2, top + c.px(30), rng.choice(c.page.popup), 18, (34, 34, 34), "mm")
-    message = rng.choice(["请稍后再试", "商品库存不足", "当前购买人数过多"])
+    message = rng.choice(c.page.popup_messages)
     c.text(c.width / 2, (top + bottom) / 2, message, 13, (120, 120, 120), "mm")
-    c.text(c.width / 2, bottom - c.px(24), rng.choice(["确定", "我知道了", "返回购物车"]), 15, c.accent, "mm")
+    c.text(c.width / 2, bottom - c.px(24), rng.choice(c.page.popup_buttons), 15, c.accent, "mm")
+    c.drawn["dialog"] = True
 
 
-def _screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np.random.Generator,
-            font_path: str) -> Image.Image:
+def draw_screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np.random.Generator,
+                font_path: str) -> Canvas:
+    """A screenshot of ``page``: header, picture, headline, one or two bodies, bottom bar, dialog.
+
+    The canvas returned holds the image and what was drawn on it (``Canvas.drawn``).
+    """
     c = Canvas(size, font_path, rng, page)
     _header(c)
     if page.picture:
@@ -507,6 +531,7 @@ def _screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np.ran
         BODIES[body](c)
         c.y, c.limit = c.y + c.px(8), end
     if bar:  # bottom bar: a total on checkout pages, and an action button
+        c.drawn["bottom_bar"] = True
         top, right = c.height - bar, c.width - c.margin
         c.draw.rectangle((0, top, c.width, c.height), fill=c.card)
         if page.footer:
@@ -517,7 +542,7 @@ def _screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np.ran
         c.text((left + right) / 2, top + bar / 2, button, 15, (255, 255, 255), "mm")
     if page.popup:
         _popup(c)
-    return c.image
+    return c
 
 
 def render_demo_image(
@@ -531,11 +556,16 @@ def render_demo_image(
     elif page.bodies == ("misc",):
         image = _misc(image_size, rng, str(font_path))
     else:
-        image = _screen(image_size, page, rng, noise, str(font_path))
+        image = draw_screen(image_size, page, rng, noise, str(font_path)).image
+    return worn(image, rng, noise)
+
+
+def worn(image: Image.Image, rng: random.Random, noise: np.random.Generator) -> Image.Image:
+    """What the way from phone to dataset does to a picture: some lose sharpness, all gain a little noise."""
     if rng.random() < 0.3:  # screenshots resized on the way lose sharpness; do that to some
         factor = rng.uniform(0.5, 0.9)
         small = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
-        image = image.resize(small, Image.BILINEAR).resize(image_size, Image.BILINEAR)
+        image = image.resize(small, Image.BILINEAR).resize(image.size, Image.BILINEAR)
     return _grain(image, noise, rng.uniform(0, 5))
 
 

@@ -189,9 +189,19 @@ class ModelFamily:
         return _chat_template(self.default_system)
 
     @property
+    def demo_name(self) -> str:
+        """The family in demo folder names (qwen2-vl): the rules' ``demo_model`` wildcard."""
+        return self.model_type.replace("_", "-")
+
+    @property
     def demo_model_dir(self) -> str:
-        """Where the workflow builds this family's tiny demo model."""
-        return f"resources/demo/tiny-{self.model_type.replace('_', '-')}"
+        """Where the workflow builds this family's tiny random-weight demo model."""
+        return f"resources/demo/tiny-{self.demo_name}"
+
+    @property
+    def demo_pretrained_dir(self) -> str:
+        """Where the workflow trains that tiny model on generic screen reading (``vlmflow.demo.pretrain``)."""
+        return f"resources/demo/pretrained-{self.demo_name}"
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -286,17 +296,24 @@ def family_of(name_or_path: str | Path) -> ModelFamily:
 
 
 def demo_family(model_dir: str | Path) -> ModelFamily | None:
-    """The family whose demo model is built at ``model_dir`` (``resources/demo/tiny-<family>``), if any."""
-    return next((family for family in FAMILIES.values() if str(model_dir).rstrip("/") == family.demo_model_dir), None)
+    """The family whose demo model is built at ``model_dir`` (``resources/demo/tiny-<family>``, or its
+    pretrained form ``resources/demo/pretrained-<family>``), if any."""
+    folder = str(model_dir).rstrip("/")
+    return next(
+        (family for family in FAMILIES.values() if folder in (family.demo_model_dir, family.demo_pretrained_dir)),
+        None,
+    )
 
 
-def base_model(name_or_path: str | None, demo_model_family: str) -> tuple[str, ModelFamily]:
+def base_model(name_or_path: str | None, demo_model_family: str, pretrained: bool = False) -> tuple[str, ModelFamily]:
     """The base model every fine-tune starts from, and its family, decided before anything runs.
 
-    ``None`` is the demo's tiny model of ``demo_model_family``; a demo model folder's family is known from
-    its name before the workflow builds it; any other folder or hub id is read (``family_of``).
+    ``None`` is the demo's tiny model of ``demo_model_family``: the random-weight one, or with
+    ``pretrained`` (config demo.pretrain.enabled) the one trained on generic screens. A demo model
+    folder's family is known from its name before the workflow builds it; any other folder or hub id is
+    read (``family_of``).
     """
     if name_or_path is None:
         family = family_named(demo_model_family)
-        return family.demo_model_dir, family
+        return (family.demo_pretrained_dir if pretrained else family.demo_model_dir), family
     return name_or_path, demo_family(name_or_path) or family_of(name_or_path)
