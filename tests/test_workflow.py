@@ -384,6 +384,12 @@ def test_a_variant_edit_reruns_only_that_variants_jobs_and_no_ocr(demo_run):
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(workdir, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    # The pretraining's budget is no setting of the dataset: while pretraining is off, editing it redraws nothing.
+    budget = copy.deepcopy(config)
+    budget["demo"]["pretrain"] = {**budget["demo"].get("pretrain", {}), "max_steps": 7}
+    assert budget["demo"]["pretrain"].get("enabled") is False
+    rerun = run_snakemake(workdir, budget, "--cores", "2", "-n")
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr, planned_jobs(rerun.stdout)
     config["variants"][1]["ocr_max_chars"] = 50
     planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
     assert planned, "changing a variant must rerun something"

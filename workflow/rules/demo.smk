@@ -19,7 +19,18 @@ rule make_demo_dataset:
     conda:
         "../../envs/core.yaml"
     params:
-        demo=config["demo"],
+        # Only what draws the dataset: editing the model's or the pretraining's keys must not redraw it.
+        demo={
+            key: config["demo"][key]
+            for key in (
+                "n_train",
+                "n_test",
+                "flip_fraction",
+                "seed",
+                "image_width",
+                "image_height",
+            )
+        },
     script:
         "../scripts/make_demo_dataset.py"
 
