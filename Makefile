@@ -73,7 +73,7 @@ demo: install
 	@echo "Screenshots of both: make screenshots (results/screenshots/)"
 	@echo "Time: install $$(cat $(VENV)/.install_seconds 2>/dev/null || echo '?') s (once per machine), workflow $$(cat results/workflow_seconds) s (this make)"
 
-# Today's larger demo (config/demo_full.yaml over config/config.yaml): about 50 minutes on 2 cores.
+# The larger demo (config/demo_full.yaml over config/config.yaml): about an hour on 2 cores.
 demo-full:
 	$(MAKE) --no-print-directory demo DEMO_CONFIG="--configfile config/demo_full.yaml"
 
