@@ -192,7 +192,9 @@ def test_a_dry_run_plans_one_evaluation_per_final_model_read_by_the_summary(tmp_
     jobs = plan.planned_jobs(run_snakemake(tmp_path, config, "-n").stdout)
     evaluations = [job.wildcards for job in jobs if job.rule == "evaluate_general_ability"]
     evaluated = {(wildcards["variant"], wildcards["final_model"]) for wildcards in evaluations}
-    retrained = [f"retrain/{steps}/round1" for steps in ("none", "correction", "correction_pseudo")]
+    # The shipped ablation's combinations, each measured on its first seed's fit (the one submitted).
+    first_seed = config["final"]["seeds"][0]
+    retrained = [f"retrain/{steps}/seed{first_seed}/round1" for steps in ("none", "correction_pseudo")]
     final_models = {"average_folds", *retrained}
     assert evaluated == {(variant, model) for variant in ("baseline", "baseline_ocr") for model in final_models}
     assert {job.rule for job in jobs} >= {"evaluate_base_general_ability", "summarize_ablation"}

@@ -300,7 +300,8 @@ def general_held_out():
 
 def general_ability_metrics(variant):
     """Each final model's accuracy on the held-out general records (none without final.general_data.held_out):
-    a retrained model's first seed's fit, the one submitted (scripts key them by final_model_of)."""
+    a retrained model's first seed's fit, the one submitted (scripts key them by final_model_of).
+    """
     if not general_held_out():
         return []
     dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS, [FIRST_SEED])
