@@ -152,6 +152,8 @@ def demo_run(tmp_path_factory, llamafactory_api) -> DemoRun:
     taught = yaml.safe_load(TEACHER_CONFIG.read_text(encoding="utf-8"))  # adds the `taught` variant
     config = small_demo_config(workdir, variants=taught["variants"], teacher=taught["teacher"])
     config["teacher"] |= {"base_url": llamafactory_api.url, "api_key_env": KEY_ENV}
+    # The fine-tunes start from the pretrained base, on the least budget, so that its two rules run too.
+    config["demo"]["pretrain"] = {"enabled": True, "n_images": 8, "max_steps": 2, "batch_size": 4}
     before = llamafactory_api.completions()
     run_snakemake(workdir, config, "--cores", "2", env={KEY_ENV: KEY})
     return DemoRun(workdir, config, llamafactory_api.completions() - before)

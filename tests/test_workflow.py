@@ -374,9 +374,7 @@ def test_every_rule_of_the_workflow_made_something(demo_run):
         for name in re.findall(r"^rule (\w+):", path.read_text(encoding="utf-8"), re.MULTILINE)
     }
     ran = {json.loads(path.read_text())["rule"] for path in (workdir / ".snakemake/metadata").iterdir()}
-    # The pretrained demo base is off in the reduced config (demo.pretrain.enabled); tests/test_pretrain.py runs
-    # its two rules through Snakemake.
-    assert defined - ran == {"all", "make_pretrain_corpus", "pretrain_tiny_model"}
+    assert defined - ran == {"all"}
 
 
 @pytest.mark.slow
@@ -386,14 +384,14 @@ def test_a_variant_edit_reruns_only_that_variants_jobs_and_no_ocr(demo_run):
     # Nothing left to do; a variant's switch reruns only that variant's jobs, and no OCR job.
     rerun = run_snakemake(workdir, config, "--cores", "2", "-n")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
-    # The pretraining's budget is no setting of the dataset: while pretraining is off, editing it redraws nothing.
+    # The pretraining's budget is no setting of the dataset or of its corpus: editing it pretrains the base
+    # again, and the fine-tunes that start from it, but redraws nothing and reads no image again.
     budget = copy.deepcopy(config)
-    budget["demo"]["pretrain"] = {**budget["demo"].get("pretrain", {}), "max_steps": 7}
-    assert budget["demo"]["pretrain"].get("enabled") is False
-    # Only the run's configuration page, which shows every key, is written again.
-    assert {rule for rule, _ in planned_jobs(run_snakemake(workdir, budget, "--cores", "2", "-n").stdout)} == {
-        "write_run_config"
-    }
+    budget["demo"]["pretrain"]["max_steps"] = 3
+    replanned = {rule for rule, _ in planned_jobs(run_snakemake(workdir, budget, "--cores", "2", "-n").stdout)}
+    assert {"pretrain_tiny_model", "train_fold", "write_run_config"} <= replanned
+    assert not replanned & {"make_demo_dataset", "make_pretrain_corpus", "ingest_records", "merge_ocr"}
+    assert not any(rule.startswith("ocr") for rule in replanned)
     config["variants"][1]["ocr_max_chars"] = 50
     planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
     assert planned, "changing a variant must rerun something"
