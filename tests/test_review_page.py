@@ -80,9 +80,20 @@ def test_the_page_escapes_untrusted_text_embeds_the_overrides_and_links_images_r
     assert html.count('<tr class="issue"') == 4 and html.count("<img") == 4
     assert 'src="../../images/a1.png"' in html
     assert "config/o.csv" in html and "4 flagged of 5" in html
+    assert "nan" not in html  # a4 has no confidence: shown empty
     kinds = re.findall(r'class="filter-kind" value="([^"]+)"', html)
     assert kinds == ["disagreement", "confident_learning", "duplicate_conflict"]  # from the rows, in their order
     assert "http" not in html  # nothing is fetched from anywhere
+
+
+def test_a_page_with_no_flags_still_carries_the_overrides_file(tmp_path):
+    train = page_train(tmp_path)
+    out = tmp_path / "labels.html"
+    existing = pd.DataFrame({"id": ["a5"], "action": ["reject"], "label": [""]})
+    review_page(page_issues().iloc[:0], train, {}, out, "config/o.csv", labels=LABELS, overrides=existing)
+    html = out.read_text(encoding="utf-8")
+    assert "0 flagged of 5" in html and '<tr class="issue"' not in html and 'class="filter-kind"' not in html
+    assert embedded_data(html)["overrides"] == [{"id": "a5", "action": "reject", "label": ""}]
 
 
 def visible_ids(driver) -> list[str]:

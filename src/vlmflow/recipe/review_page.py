@@ -10,7 +10,6 @@ disk and embedded in the Snakemake report (``workflow/scripts/embed_review_image
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -27,11 +26,11 @@ def script_json(data: object) -> str:
     return json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
 
 
-def _confidence(value: object) -> float | None:
-    """The confidence as a number, or None for a row without one (the page shows and filters it as such)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+def _shown(row: dict) -> dict:
+    """A flag's fields as the page shows them: a missing value is empty (not "nan"), a missing confidence None
+    (the page shows it empty and hides the row once a minimum confidence is set)."""
+    shown = {key: "" if pd.isna(value) else value for key, value in row.items()}
+    return shown | {"confidence": None if pd.isna(row["confidence"]) else float(row["confidence"])}
 
 
 def review_page(
@@ -60,8 +59,7 @@ def review_page(
             image = Path(image_root) / image
         # Relative to the page's folder, so the page works wherever the results folder is opened.
         src = Path(os.path.relpath(image, out_html.parent)).as_posix()
-        confidence = _confidence(row.confidence)
-        items.append({**row._asdict(), "confidence": confidence, "src": src, "ocr": ocr_text.get(row.id, "")})
+        items.append(_shown(row._asdict()) | {"src": src, "ocr": ocr_text.get(row.id, "")})
     if labels is None:
         labels = sorted({*train["label"].astype(str), *issues["given"].astype(str), *issues["proposed"].astype(str)})
     existing = pd.DataFrame(columns=OVERRIDE_COLUMNS) if overrides is None else overrides
