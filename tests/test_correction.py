@@ -9,7 +9,6 @@ from vlmflow.recipe.correction import (
     find_label_issues,
     noise_detection_scores,
     read_overrides,
-    review_page,
     write_override_template,
 )
 
@@ -172,18 +171,6 @@ def test_override_template_is_header_only_and_never_overwritten(tmp_path):
     write_overrides(path, ["r00,reject,"])
     write_override_template(path)
     assert read_overrides(path, LABELS)["action"].tolist() == ["reject"]
-
-
-def test_review_page_escapes_ocr_and_links_images_relative_to_the_page(demo, tmp_path):
-    oof, train, _ = demo
-    issues = find_label_issues(oof, LABELS, "disagreement")
-    out = tmp_path / "results" / "review" / "labels.html"
-    review_page(issues, train, {"r00": "<script>alert(1)</script>"}, out, "config/o.csv", image_root=tmp_path)
-    html = out.read_text(encoding="utf-8")
-    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert html.count('<tr class="issue">') == len(issues) == 4
-    assert 'src="../../images/r00.jpg"' in html
-    assert "config/o.csv" in html and "4 flagged of 30" in html
 
 
 def test_correction_summary_counts_applied_and_adds_noise_scores_with_truth():

@@ -71,9 +71,15 @@ def mlflow_ui(tracking_uri: str, log_path: str | Path, timeout: float = 180) -> 
 
 
 @contextmanager
-def chromium(width: int = 1600, height: int = 1000) -> Iterator[webdriver.Chrome]:
-    """A headless Chromium of the given window size, driven by Debian's matching chromedriver."""
+def chromium(
+    width: int = 1600, height: int = 1000, download_dir: str | Path | None = None
+) -> Iterator[webdriver.Chrome]:
+    """A headless Chromium of the given window size, driven by Debian's matching chromedriver; with
+    ``download_dir``, downloads are saved there without asking."""
     options = webdriver.ChromeOptions()
+    if download_dir is not None:
+        prefs = {"download.default_directory": str(download_dir), "download.prompt_for_download": False}
+        options.add_experimental_option("prefs", prefs)
     options.binary_location = shutil.which("chromium")
     for argument in (
         "--headless=new",

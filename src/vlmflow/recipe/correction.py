@@ -9,12 +9,10 @@ hand-corrected about 3% of the labels. Flags come from the fold models' held-out
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
 
@@ -202,50 +200,6 @@ def noise_detection_scores(issues: pd.DataFrame, truth: pd.DataFrame) -> dict[st
     }
 
 
-REVIEW_TEMPLATE = """<!doctype html>
-<html lang="zh"><head><meta charset="utf-8"><title>Label review: {{ issues|length }} flagged</title>
-<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;
-vertical-align:top}img{max-width:320px;max-height:320px}pre{white-space:pre-wrap;max-width:420px}</style></head>
-<body><h1>Label review: {{ issues|length }} flagged of {{ n_records }} training records</h1>
-<p>To decide a flag, add a line <code>id,action,label</code> to <code>{{ overrides_path }}</code>:
-<code>accept</code> (use the proposed label), <code>reject</code> (keep the given label) or
-<code>relabel</code> with the label to use. Leave <code>label</code> empty unless the action is relabel.</p>
-<table><tr><th>image</th><th>id</th><th>given</th><th>proposed</th><th>confidence</th><th>method</th>
-<th>OCR text</th></tr>
-{% for item in issues %}<tr class="issue"><td><img src="{{ item.src }}" alt="{{ item.id }}"></td><td>{{ item.id }}</td>
-<td>{{ item.given }}</td><td>{{ item.proposed }}</td><td>{{ "%.3f"|format(item.confidence) }}</td>
-<td>{{ item.method }}</td><td><pre>{{ item.ocr }}</pre></td></tr>
-{% endfor %}</table></body></html>
-"""
-
-
-def review_page(
-    issues: pd.DataFrame,
-    train: pd.DataFrame,
-    ocr_text: dict[str, str],
-    out_html: Path,
-    overrides_path: str,
-    image_root: Path | None = None,
-) -> None:
-    """A static HTML page of the flagged images, openable from disk; ``ocr_text`` maps record id to text."""
-    out_html = Path(out_html)
-    image_paths = train.set_index("id")["image_path"]
-    items = []
-    for row in issues.itertuples(index=False):
-        image = Path(image_paths[row.id])
-        if image_root is not None and not image.is_absolute():
-            image = Path(image_root) / image
-        # Relative to the page's folder, so the page works wherever the results folder is opened.
-        src = Path(os.path.relpath(image, out_html.parent)).as_posix()
-        items.append({**row._asdict(), "src": src, "ocr": ocr_text.get(row.id, "")})
-    environment = jinja2.Environment(autoescape=True)  # OCR text and labels are untrusted
-    html = environment.from_string(REVIEW_TEMPLATE).render(
-        issues=items, n_records=len(train), overrides_path=overrides_path
-    )
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(html, encoding="utf-8")
-
-
 def correction_summary(issues: pd.DataFrame, decisions: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
     """Counts of flagged and applied corrections, plus (demo) how well the flags find the planted flips."""
     applied = decisions["decision"].isin(["applied", "relabelled"]).sum() if len(decisions) else 0
@@ -280,6 +234,10 @@ def correct_labels(
     overrides, apply both, write the review page (``ocr_text`` by record id) and count (with ``truth``,
     the demo's, how well the flags find the planted flips)."""
     issues = find_label_issues(out_of_fold, labels, method, min_confidence=min_confidence)
-    corrected, decisions = apply_corrections(train, issues, read_overrides(overrides_path, labels), apply)
-    review_page(issues, train, ocr_text, review_html, overrides_path)
+    overrides = read_overrides(overrides_path, labels)
+    corrected, decisions = apply_corrections(train, issues, overrides, apply)
+    # Imported here: the page module reads this module's override format (OVERRIDE_COLUMNS).
+    from vlmflow.recipe.review_page import review_page
+
+    review_page(issues, train, ocr_text, review_html, overrides_path, labels=labels, overrides=overrides)
     return Correction(issues, decisions, corrected, correction_summary(issues, decisions, truth))
