@@ -26,6 +26,7 @@ peak, and against the bf16 matmul rate measured here as a second column.
     python benchmarks/gpu/train_speed.py                          # CUDA: Qwen2-VL-2B shape, R1..R8
     python benchmarks/gpu/train_speed.py --model qwen2-vl-7b --runs R1 R5 R8
     python benchmarks/gpu/train_speed.py --smoke                  # CPU: the tiny model, 3 steps (the test)
+    python benchmarks/gpu/train_speed.py --smoke --model qwen2.5-vl-3b --text-layers 1 --vision-depth 2  # CPU
 
 On a machine with torch but without the workflow's training stack, ``benchmarks/gpu/run_offline.sh`` installs it
 from wheels first.
@@ -34,6 +35,7 @@ from wheels first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -149,8 +151,8 @@ def deepspeed_config(stage: str, timer: bool, workdir: Path) -> Path:
 
 
 def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:
-    """The demo's model builder (tokenizer, processor, the family's architecture); outside --smoke the model is
-    then rebuilt at ``--model``'s real shape, random bf16 weights, on the GPU (seconds, not minutes)."""
+    """The demo's model builder (tokenizer, processor, the family's architecture); with a ``--model`` the model is
+    then rebuilt at its real shape, random bf16 weights, on the device (on a GPU in seconds, not minutes)."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -159,9 +161,9 @@ def build_model(out_dir: Path, labels, args: argparse.Namespace) -> Path:
     from vlmflow.demo.tiny_model import build_tiny_model
 
     corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
-    family = "qwen2_vl" if args.smoke else args.shape.family
+    family = args.shape.family if args.shape else "qwen2_vl"
     build_tiny_model(out_dir, corpus, family=family, seed=0, max_visual_tokens=args.max_pixels // (28 * 28))
-    if args.smoke:
+    if args.shape is None:
         return out_dir
     config = AutoConfig.from_pretrained(out_dir)
     text, vision = model_flops.config_overrides(args.shape)
@@ -561,7 +563,12 @@ def save(report: dict, out: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, the demo's tiny model, 3 steps: checks the path")
-    parser.add_argument("--model", choices=model_flops.MODEL_SHAPES, default="qwen2-vl-2b", help="the real shape")
+    parser.add_argument("--model", choices=model_flops.MODEL_SHAPES, help="the real shape (default qwen2-vl-2b; "
+                        "smoke: the demo's tiny model unless given)")  # fmt: skip
+    parser.add_argument(
+        "--text-layers", type=int, help="keep only this many of the shape's text layers (a quick check)"
+    )
+    parser.add_argument("--vision-depth", type=int, help="keep only this many of the shape's vision blocks")
     parser.add_argument("--runs", nargs="+", choices=RUNS, help="runs of the plan (default all; smoke R1 R2 R5 R6)")
     parser.add_argument("--set", dest="settings", nargs="+", default=[], metavar="KEY=VALUE",
                         help="a training argument for every run, e.g. per_device_train_batch_size=4")  # fmt: skip
@@ -607,7 +614,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--set {setting!r}: write each training argument as KEY=VALUE")
         settings[key] = yaml.safe_load(value)
     args.settings = settings
+    if args.model is None and not smoke:
+        args.model = "qwen2-vl-2b"
+    if args.model is None and (args.text_layers or args.vision_depth):
+        parser.error("--text-layers and --vision-depth cut a real shape: name it with --model")
     return args
+
+
+def model_title(args: argparse.Namespace) -> str:
+    if not args.model:
+        return "the demo's tiny Qwen2-VL"
+    cut = args.text_layers or args.vision_depth
+    return f"{args.model} shape" + (
+        f" cut to {args.shape.text.layers} + {args.shape.vision.depth} blocks" if cut else ""
+    )
+
+
+def model_shape(args: argparse.Namespace):
+    """``--model``'s shape, cut to ``--text-layers`` and ``--vision-depth`` where given (windowed towers keep
+    their full-attention blocks that remain, and at least the last)."""
+    shape = model_flops.MODEL_SHAPES[args.model]
+    text = dataclasses.replace(shape.text, layers=args.text_layers or shape.text.layers)
+    depth = args.vision_depth or shape.vision.depth
+    full = tuple(block for block in shape.vision.full_attention_blocks if block < depth)
+    if shape.vision.full_attention_blocks and not full:
+        full = (depth - 1,)
+    vision = dataclasses.replace(shape.vision, depth=depth, full_attention_blocks=full)
+    return dataclasses.replace(shape, text=text, vision=vision)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -623,14 +656,14 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("no CUDA device: run with --smoke for the CPU check")
     started = time.perf_counter()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the training dtype of each setting
-    args.matmul_tflops = matmul_tflops(args.device, dtype, 8192 if args.device == "cuda" else 512)
+    args.matmul_tflops = matmul_tflops(args.device, dtype, 8192 if args.device == "cuda" else 1024)
     facts = machine(args.device)
     args.spec_peak_tflops = model_flops.spec_peak_tflops(facts["device"]) if args.device == "cuda" else None
     labels = load_labels(REPO / "config" / "labels.yaml")
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        args.shape = model_flops.MODEL_SHAPES[args.model]
+        args.shape = model_shape(args) if args.model else None
         model_dir = build_model(workdir / "model", labels, args)
         model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         args.shape = model_flops.shape_from_config(model_config)  # what was built, tiny or real
@@ -640,7 +673,7 @@ def main(argv: list[str] | None = None) -> dict:
             "command": shlex.join(["python", *sys.argv]),
             "machine": facts,
             "smoke": args.smoke,
-            "model": "the demo's tiny Qwen2-VL" if args.smoke else f"{args.model} shape",
+            "model": model_title(args),
             "parameters": model_flops.parameters(args.shape),
             "samples": len(prompts),
             "steps": args.steps,
