@@ -13,7 +13,7 @@ LLaMA-Factory's ``run_exp`` under torchrun (``timed_train.py``), once per run of
     R3  + no per-step host syncs (logging_nan_inf_filter off) and persistent loader workers
     R4  + gradient checkpointing off
     R5  + Liger kernels (enable_liger_kernel; CUDA only)
-    R6  R5 under torch.profiler: GPU-busy time per step, host waits, top host operations
+    R6  R5 under torch.profiler for 4 steps: GPU-busy time per step, host waits, top host operations
     R7  R5 at a batch the card holds (8 x 2)
     R8  R7 on ZeRO-3 (config/deepspeed/z3.json's bucket and persistence sizes)
 
@@ -65,6 +65,7 @@ log = logging.getLogger("train_speed")
 # The recipe's GPU settings are the config schema's train.hyperparameters defaults; a timed run changes only
 # what timing needs: a step count instead of epochs, no evaluation and no checkpoints.
 TIMED_RUN = {"save_strategy": "no", "eval_strategy": "no", "load_best_model_at_end": False, "val_size": 0.0}
+PROFILED_STEPS = 4
 # LLaMA-Factory's switches for the vision tower and projector, true by default: frozen parts run forward only.
 FREEZE_FLAGS = ("freeze_vision_tower", "freeze_multi_modal_projector")
 # The demo's CPU settings (config/config.yaml), for --smoke: float32, no flash-attn, small cutoff.
@@ -236,7 +237,9 @@ def train_once(name: str, prompts, model_dir: Path, workdir: Path, args: argpars
     run, cuda = RUNS[name], args.device == "cuda"
     plan = resolved(name, cuda)
     hyperparameters = {**schema_hyperparameters(), **(CPU_TRAINING if not cuda else {}), **TIMED_RUN}
-    hyperparameters |= plan["settings"] | args.settings | {"max_steps": args.steps}
+    # A profile of a few steps says where the time goes; more would only lengthen the trace's summary.
+    last_step = min(args.steps, args.warmup_steps + PROFILED_STEPS) if run.profile else args.steps
+    hyperparameters |= plan["settings"] | args.settings | {"max_steps": last_step}
     run_dir = workdir / name
     settings = llamafactory_config(
         model=str(model_dir),
@@ -254,7 +257,7 @@ def train_once(name: str, prompts, model_dir: Path, workdir: Path, args: argpars
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.gpus),
         "--master_port", str(free_port()), str(TIMED_TRAIN), str(config_path), str(timing_path),
-        "--timed-steps", str(args.warmup_steps), str(args.steps), "--image-token-id", str(args.image_token_id),
+        "--timed-steps", str(args.warmup_steps), str(last_step), "--image-token-id", str(args.image_token_id),
     ] + (["--profile"] if run.profile else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     started = time.perf_counter()
@@ -448,7 +451,8 @@ def machine(device: str) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-    for package in ("llamafactory", "deepspeed", "liger-kernel"):
+    # Without flash-attn, LLaMA-Factory's fa2 (the recipe's) falls back to transformers' SDPA.
+    for package in ("llamafactory", "deepspeed", "liger-kernel", "flash-attn"):
         try:
             facts[package.replace("-", "_")] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -520,7 +524,8 @@ def report_header(report: dict) -> str:
             f"command: `{report['command']}`",
             f"machine: {machine_facts['device']}; torch {machine_facts['torch']}, transformers "
             f"{machine_facts['transformers']}, LLaMA-Factory {machine_facts['llamafactory']}, DeepSpeed "
-            f"{machine_facts['deepspeed']}, liger-kernel {machine_facts['liger_kernel']}",
+            f"{machine_facts['deepspeed']}, liger-kernel {machine_facts['liger_kernel']}, flash-attn "
+            f"{machine_facts['flash_attn']}",
             f"model: {report['model']}, {report['parameters']:,} parameters (matmuls and input embedding), random "
             f"weights; {report['samples']} samples; {report['steps']} steps a run, steps "
             f"{report['warmup_steps'] + 1}-{report['steps']} timed; spec bf16 peak "
