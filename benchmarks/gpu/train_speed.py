@@ -16,6 +16,7 @@ LLaMA-Factory's ``run_exp`` under torchrun (``timed_train.py``), once per run of
     R6  R5 under torch.profiler for 4 steps: GPU-busy time per step, host waits, top host operations
     R7  R5 at a batch the card holds (8 x 2)
     R8  R7 on ZeRO-3 (config/deepspeed/z3.json's bucket and persistence sizes)
+    R9  R5 on ZeRO-3 with optimizer and parameters offloaded to the CPU (z3_offload, train.deepspeed's default)
 
 Each run's row is printed as it finishes and the JSON (``--out``) rewritten, so a call cut short keeps what ran;
 a run that would not finish within ``--budget-seconds`` is skipped. FLOPs per step: the language model without
@@ -23,8 +24,8 @@ the input embedding, causal attention, and the vision tower on its patches (forw
 recipe freezes it), from the trained samples' own non-padding lengths; MFU against the card's dense bf16 spec
 peak, and against the bf16 matmul rate measured here as a second column.
 
-    python benchmarks/gpu/train_speed.py                          # CUDA: Qwen2-VL-2B shape, R1..R8
-    python benchmarks/gpu/train_speed.py --model qwen2-vl-7b --runs R1 R5 R8
+    python benchmarks/gpu/train_speed.py                          # CUDA: Qwen2-VL-2B shape, R1..R9
+    python benchmarks/gpu/train_speed.py --model qwen2-vl-7b --runs R9
     python benchmarks/gpu/train_speed.py --smoke                  # CPU: the tiny model, 3 steps (the test)
     python benchmarks/gpu/train_speed.py --smoke --model qwen2.5-vl-3b --text-layers 1 --vision-depth 2  # CPU
 
@@ -117,6 +118,7 @@ RUNS = {
         Run("R6", "R5 profiled", "R5", profile=True),
         Run("R7", "R5 at batch 8 x 2", "R5", {"per_device_train_batch_size": 8}),
         Run("R8", "R7 on ZeRO-3", "R7", deepspeed="z3"),
+        Run("R9", "R5 on ZeRO-3 with CPU offload (the recipe's)", "R5", deepspeed="z3_offload"),
     )
 }
 
