@@ -155,3 +155,21 @@ def test_method_settings_are_llamafactory_arguments():
     }
     with pytest.raises(ValueError, match="'qlora'"):
         method_settings("qlora", {})
+
+
+@pytest.mark.parametrize(("workers", "persistent"), [(2, True), (0, None)])
+def test_persistent_workers_are_asked_for_only_where_there_are_workers(workers, persistent):
+    """The schema's default keeps loader workers between epochs; with none (the CPU demo's 0) the DataLoader
+    would refuse the setting, so the YAML leaves it out."""
+    settings = llamafactory_config(
+        model="model",
+        dataset_dir="dataset",
+        dataset="fold0_train",
+        output_dir="checkpoints",
+        fine_tuning=FULL,
+        hyperparameters={"dataloader_num_workers": workers, "dataloader_persistent_workers": True},
+        deepspeed_config=None,
+        report_to_mlflow=False,
+        seed=0,
+    )
+    assert settings.get("dataloader_persistent_workers") is persistent

@@ -27,6 +27,8 @@ done
 mkdir -p "$dir"
 "$pip" download --quiet --no-deps --only-binary=:all: --implementation cp --python-version "$python_version" \
   "${platforms[@]}" -d "$dir" "${pins[@]}"
+# The GPU extras (Liger's kernels: pure Python over the machine's own triton).
+"$pip" download --quiet --no-deps --only-binary=:all: -d "$dir" -r requirements/gpu.txt
 # DeepSpeed ships only a source archive whose build imports torch; without its ops the wheel is pure Python
 # and picks the CUDA accelerator at run time.
 DS_BUILD_OPS=0 "$pip" wheel --quiet --no-deps --no-build-isolation -w "$dir" -r requirements/deepspeed.txt

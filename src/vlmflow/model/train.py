@@ -82,6 +82,9 @@ def llamafactory_config(
         "report_to": "mlflow" if report_to_mlflow else "none",
         **hyperparameters,
     }
+    if not settings.get("dataloader_num_workers"):
+        # Persistent workers need workers: the DataLoader refuses them without (the CPU demo loads in-process).
+        settings.pop("dataloader_persistent_workers", None)
     if deepspeed_config is not None:
         settings["deepspeed"] = str(deepspeed_config)
         settings.pop("use_cpu", None)  # DeepSpeed picks its accelerator itself; use_cpu fights it
