@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.outputs import write_text_atomically
+from vlmflow.tracking.offline import bound_http_retries, is_server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,14 +148,32 @@ def tracked_fine_tune(
     Starts the run ``<variant>/<name>`` with ``tags``, leases ``gpus`` distinct devices (Snakemake only
     counts them), calls ``train(environment)``, which passes MLflow's variables to the trainer and returns
     its YAML's path, then attaches the YAML, loss plot and trainer state and writes the run reference.
+
+    With a tracking server, the trainer and the attachments go to a local run first, which is sent to the
+    server run when training ends, or kept for ``make sync-mlflow`` when the server is lost: see
+    vlmflow.tracking.buffer. What training logged up to a failure is sent too.
     """
+    from vlmflow.tracking import buffer  # here: buffer builds on this module
+
     parent = read_run(parent_run)
-    client = MlflowClient(parent["tracking_uri"])
-    run_id = start_child_run(client, parent["experiment_id"], parent["run_id"], variant, name, **tags)
-    with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
-        config_path = train(training_environment(parent["tracking_uri"], parent["experiment"], run_id))
-    log_training(client, run_id, config_path, model_dir)
-    write_run(run_file, parent["tracking_uri"], parent["experiment"], parent["experiment_id"], run_id)
+    server = parent["tracking_uri"]
+    if is_server(server):
+        bound_http_retries()
+    run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
+    run_name = f"{variant}/{name}"
+    store, logged_run = (
+        buffer.start_buffered_run(parent["experiment"], run_id, run_name, {"variant": variant, **tags})
+        if is_server(server)
+        else (server, run_id)
+    )
+    try:
+        with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
+            config_path = train(training_environment(store, parent["experiment"], logged_run))
+        log_training(MlflowClient(store), logged_run, config_path, model_dir)
+    finally:
+        if store != server:
+            buffer.send_or_keep(store, logged_run, server, run_id, run_name)
+    write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:

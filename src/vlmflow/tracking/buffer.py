@@ -1,0 +1,181 @@
+"""A tracking server lost during a run loses nothing: fine-tunes log locally, send at the end, or later.
+
+With an HTTP tracking server, each fine-tune's trainer (LLaMA-Factory through transformers' MLflowCallback)
+logs into a run of a local SQLite store, ``results/mlflow-buffer.db``, never into the server: the callback
+raises when a request fails, so a server lost mid-training would otherwise end hours of training (after
+MLflow's retries, which by default wait minutes per call). The job's own run on the server is opened when
+the job starts, under its variant's parent run, as before.
+
+When the fine-tune ends, the job copies the local run into its server run: every metric with its steps and
+timestamps, params, tags, artifacts and the final status (``copy_run``, through ``MlflowClient.log_batch``
+and ``log_artifacts``). If the server does not answer then, the job still succeeds and leaves a marker,
+``results/mlflow-pending/<server run id>.json``, naming both runs. Snakemake's last lines list the markers
+(``vlmflow.tracking.offline.pending_notice``), and ``make sync-mlflow``, i.e.
+``python -m vlmflow.tracking.buffer [PENDING_DIR]``, sends them once the server is back. A copy sends only
+what the server run lacks, so a sync run twice (or one cut off half-way) makes no duplicates. A server that
+never comes back leaves every fine-tune browsable with ``mlflow ui`` on the local store.
+
+The price: the server shows a fine-tune's curves when it ends, not while it trains. No library does the copy
+for MLflow 3: ``mlflow-export-import`` (last release 2023) exports whole runs to files for another server and
+has no "send only what is missing" step; the copy is the client's public batch calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from vlmflow.runtime.outputs import write_text_atomically
+from vlmflow.tracking.offline import PENDING_DIR, bound_http_retries, unreachable_reason
+from vlmflow.tracking.runs import absolute_tracking_uri, ensure_experiment, retry_locked
+
+log = logging.getLogger(__name__)
+BUFFER_STORE = "sqlite:///results/mlflow-buffer.db"
+BUFFER_ARTIFACTS = "results/mlflow-buffer-artifacts"
+# Tagged on a local run: the server run it is sent to.
+SERVER_RUN_TAG = "vlmflow.server_run_id"
+# Tags a copy leaves alone: the server run has its own parent and name, and needs no pointer to itself.
+KEPT_TAGS = {"mlflow.parentRunId", "mlflow.runName", SERVER_RUN_TAG}
+# MlflowClient.log_batch's limits per call (mlflow.utils.validation).
+METRICS_PER_BATCH, PARAMS_OR_TAGS_PER_BATCH = 1000, 100
+
+
+def buffer_experiment(experiment: str, workdir: str | Path = ".") -> tuple[str, str]:
+    """The local store's URI and the id of ``experiment`` in it, created if needed.
+
+    The workflow's first job calls it (rule create_mlflow_experiment), so that parallel fine-tunes never
+    create the SQLite store at once (two processes migrating a new store fail)."""
+    uri = absolute_tracking_uri(BUFFER_STORE, workdir)
+    return uri, ensure_experiment(MlflowClient(uri), experiment, Path(workdir) / BUFFER_ARTIFACTS)
+
+
+def start_buffered_run(experiment: str, server_run_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """A local run standing in for the server run ``server_run_id`` while the trainer logs; its store and id."""
+    uri, experiment_id = buffer_experiment(experiment)
+    client = MlflowClient(uri)
+    tags = {**tags, SERVER_RUN_TAG: server_run_id}
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=run_name))
+    return uri, run.info.run_id
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def metric_identity(metric: Metric) -> tuple:
+    """What makes two logged values the same entry (NaN never equals itself, so it is named)."""
+    value = "nan" if math.isnan(metric.value) else metric.value
+    return metric.key, metric.step, metric.timestamp, value
+
+
+def copy_run(source: MlflowClient, source_run_id: str, target: MlflowClient, target_run_id: str) -> None:
+    """Copy into the target run what it lacks of the source run: every metric entry (steps and timestamps
+    kept), params, tags (but ``KEPT_TAGS``) and artifacts; then give it the source's status and end time."""
+    run = retry_locked(lambda: source.get_run(source_run_id))
+    present = target.get_run(target_run_id).data
+    params = [Param(key, value) for key, value in run.data.params.items() if key not in present.params]
+    tags = [
+        RunTag(key, value)
+        for key, value in run.data.tags.items()
+        if key not in KEPT_TAGS and present.tags.get(key) != value
+    ]
+    metrics = []
+    for key in run.data.metrics:
+        sent = (
+            {metric_identity(metric) for metric in target.get_metric_history(target_run_id, key)}
+            if key in present.metrics
+            else set()
+        )
+        history = retry_locked(lambda key=key: source.get_metric_history(source_run_id, key))
+        metrics += [metric for metric in history if metric_identity(metric) not in sent]
+    for batch in batches(params, PARAMS_OR_TAGS_PER_BATCH):
+        target.log_batch(target_run_id, params=batch)
+    for batch in batches(tags, PARAMS_OR_TAGS_PER_BATCH):
+        target.log_batch(target_run_id, tags=batch)
+    for batch in batches(metrics, METRICS_PER_BATCH):
+        target.log_batch(target_run_id, metrics=batch)
+    if source.list_artifacts(source_run_id):
+        with tempfile.TemporaryDirectory() as folder:
+            # Sent again whole: the same paths are overwritten with the same files.
+            target.log_artifacts(target_run_id, source.download_artifacts(source_run_id, "", folder))
+    target.set_terminated(target_run_id, run.info.status, end_time=run.info.end_time)
+    log.info("sent %d metric entries, %d params, %d tags to run %s", len(metrics), len(params), len(tags), target_run_id)
+
+
+def send_or_keep(
+    buffer: str, buffer_run_id: str, server: str, server_run_id: str, run_name: str, pending_dir=PENDING_DIR
+) -> bool:
+    """Copy the local run into its server run; if the server fails us, leave a pending marker instead.
+    Return whether it was sent (the job succeeds either way: nothing is lost)."""
+    bound_http_retries()
+    try:
+        copy_run(MlflowClient(buffer), buffer_run_id, MlflowClient(server), server_run_id)
+    except Exception as error:  # any way a server fails: refused, timed out, 5xx, a proxy's error page
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        marker = Path(pending_dir) / f"{server_run_id}.json"
+        entry = {
+            "run_name": run_name,
+            "server": server,
+            "server_run_id": server_run_id,
+            "buffer": buffer,
+            "buffer_run_id": buffer_run_id,
+            "error": reason,
+        }
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(marker, json.dumps(entry, indent=2) + "\n")
+        log.warning("MLflow server %s did not take run %s (%s); kept in %s, see %s", server, run_name, reason, buffer, marker)
+        return False
+    (Path(pending_dir) / f"{server_run_id}.json").unlink(missing_ok=True)
+    return True
+
+
+def sync_pending(pending_dir: str | Path = PENDING_DIR) -> int:
+    """Send every pending run to its server; return the exit status (0 when all were sent).
+
+    A server still down is said once, and its runs are kept, markers and local store alike."""
+    bound_http_retries()
+    markers = sorted(Path(pending_dir).glob("*.json"))
+    if not markers:
+        print(f"MLflow: nothing to send ({pending_dir} holds no pending run).")
+        return 0
+    pending = {marker: json.loads(marker.read_text(encoding="utf-8")) for marker in markers}
+    down = {}
+    for server in sorted({entry["server"] for entry in pending.values()}):
+        reason = unreachable_reason(server, attempts=1)
+        if reason is not None:
+            down[server] = reason
+    failed = 0
+    for marker, entry in pending.items():
+        if entry["server"] in down:
+            failed += 1
+            continue
+        if send_or_keep(
+            entry["buffer"], entry["buffer_run_id"], entry["server"], entry["server_run_id"], entry["run_name"], pending_dir
+        ):
+            print(f"MLflow: sent {entry['run_name']} to {entry['server']} (run {entry['server_run_id']}).")
+        else:
+            failed += 1
+            print(f"MLflow: could not send {entry['run_name']}: {json.loads(marker.read_text())['error']}", file=sys.stderr)
+    for server, reason in down.items():
+        waiting = [entry["run_name"] for entry in pending.values() if entry["server"] == server]
+        print(
+            f"MLflow: the tracking server {server} is unreachable ({reason}). Nothing was sent and nothing is lost: "
+            f"{len(waiting)} run(s) stay in {pending_dir} and the local store ({', '.join(waiting)}). "
+            "Start the server, then run `make sync-mlflow` again.",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # python -m vlmflow.tracking.buffer [PENDING_DIR]: send what a lost server missed
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(sync_pending(sys.argv[1] if len(sys.argv) > 1 else PENDING_DIR))
