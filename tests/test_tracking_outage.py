@@ -216,9 +216,10 @@ def test_a_real_fine_tune_outlives_its_lost_server_and_sync_sends_every_step_and
         assert steps and [step for step, _ in sent["loss"]] == steps
         assert {"llamafactory.yaml", "trainer_state.json", "training_loss.png"} <= artifacts(client, run_id)
         assert artifacts(client, run_id) == artifacts(buffer, local.info.run_id)
-        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == json.loads(
-            (workdir / "results/baseline/mlflow_run.json").read_text()
-        )["run_id"]
+        assert (
+            client.get_run(run_id).data.tags["mlflow.parentRunId"]
+            == json.loads((workdir / "results/baseline/mlflow_run.json").read_text())["run_id"]
+        )
         # Run again, the workflow has nothing to do and nothing waits.
         rerun = run_snakemake(workdir, config, "--cores", "2", target)
         assert "stopped answering" not in rerun.stderr

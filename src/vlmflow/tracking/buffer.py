@@ -108,34 +108,31 @@ def copy_run(source: MlflowClient, source_run_id: str, target: MlflowClient, tar
             # Sent again whole: the same paths are overwritten with the same files.
             target.log_artifacts(target_run_id, source.download_artifacts(source_run_id, "", folder))
     target.set_terminated(target_run_id, run.info.status, end_time=run.info.end_time)
-    log.info("sent %d metric entries, %d params, %d tags to run %s", len(metrics), len(params), len(tags), target_run_id)
+    log.info("sent %d metric entries, %d params, %d tags to %s", len(metrics), len(params), len(tags), target_run_id)
 
 
-def send_or_keep(
-    buffer: str, buffer_run_id: str, server: str, server_run_id: str, run_name: str, pending_dir=PENDING_DIR
-) -> bool:
-    """Copy the local run into its server run; if the server fails us, leave a pending marker instead.
-    Return whether it was sent (the job succeeds either way: nothing is lost)."""
+def send_or_keep(pending: dict, pending_dir: str | Path = PENDING_DIR) -> str | None:
+    """Copy a local run into its server run; if the server fails us, leave a pending marker instead.
+
+    ``pending`` names both: run_name, server, server_run_id, buffer (the local store), buffer_run_id.
+    Return None when it was sent, else why not (the job succeeds either way: nothing is lost)."""
     bound_http_retries()
+    marker = Path(pending_dir) / f"{pending['server_run_id']}.json"
     try:
-        copy_run(MlflowClient(buffer), buffer_run_id, MlflowClient(server), server_run_id)
+        copy_run(
+            MlflowClient(pending["buffer"]),
+            pending["buffer_run_id"],
+            MlflowClient(pending["server"]),
+            pending["server_run_id"],
+        )
     except Exception as error:  # any way a server fails: refused, timed out, 5xx, a proxy's error page
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-        marker = Path(pending_dir) / f"{server_run_id}.json"
-        entry = {
-            "run_name": run_name,
-            "server": server,
-            "server_run_id": server_run_id,
-            "buffer": buffer,
-            "buffer_run_id": buffer_run_id,
-            "error": reason,
-        }
         marker.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(marker, json.dumps(entry, indent=2) + "\n")
-        log.warning("MLflow server %s did not take run %s (%s); kept in %s, see %s", server, run_name, reason, buffer, marker)
-        return False
-    (Path(pending_dir) / f"{server_run_id}.json").unlink(missing_ok=True)
-    return True
+        write_text_atomically(marker, json.dumps({**pending, "error": reason}, indent=2) + "\n")
+        log.warning("MLflow server did not take run %s (%s); kept, see %s", pending["run_name"], reason, marker)
+        return reason
+    marker.unlink(missing_ok=True)
+    return None
 
 
 def sync_pending(pending_dir: str | Path = PENDING_DIR) -> int:
@@ -147,26 +144,20 @@ def sync_pending(pending_dir: str | Path = PENDING_DIR) -> int:
     if not markers:
         print(f"MLflow: nothing to send ({pending_dir} holds no pending run).")
         return 0
-    pending = {marker: json.loads(marker.read_text(encoding="utf-8")) for marker in markers}
-    down = {}
-    for server in sorted({entry["server"] for entry in pending.values()}):
-        reason = unreachable_reason(server, attempts=1)
-        if reason is not None:
-            down[server] = reason
+    pending = [json.loads(marker.read_text(encoding="utf-8")) for marker in markers]
+    servers = sorted({entry["server"] for entry in pending})
+    down = {server: reason for server in servers if (reason := unreachable_reason(server, attempts=1)) is not None}
     failed = 0
-    for marker, entry in pending.items():
+    for entry in pending:
         if entry["server"] in down:
             failed += 1
-            continue
-        if send_or_keep(
-            entry["buffer"], entry["buffer_run_id"], entry["server"], entry["server_run_id"], entry["run_name"], pending_dir
-        ):
+        elif (reason := send_or_keep(entry, pending_dir)) is None:
             print(f"MLflow: sent {entry['run_name']} to {entry['server']} (run {entry['server_run_id']}).")
         else:
             failed += 1
-            print(f"MLflow: could not send {entry['run_name']}: {json.loads(marker.read_text())['error']}", file=sys.stderr)
+            print(f"MLflow: could not send {entry['run_name']}, kept for the next sync: {reason}", file=sys.stderr)
     for server, reason in down.items():
-        waiting = [entry["run_name"] for entry in pending.values() if entry["server"] == server]
+        waiting = [entry["run_name"] for entry in pending if entry["server"] == server]
         print(
             f"MLflow: the tracking server {server} is unreachable ({reason}). Nothing was sent and nothing is lost: "
             f"{len(waiting)} run(s) stay in {pending_dir} and the local store ({', '.join(waiting)}). "

@@ -172,7 +172,8 @@ def tracked_fine_tune(
         log_training(MlflowClient(store), logged_run, config_path, model_dir)
     finally:
         if store != server:
-            buffer.send_or_keep(store, logged_run, server, run_id, run_name)
+            pending = {"run_name": run_name, "server": server, "server_run_id": run_id}
+            buffer.send_or_keep({**pending, "buffer": store, "buffer_run_id": logged_run})
     write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
 
 
