@@ -16,6 +16,7 @@ from vlmflow.tracking.buffer import buffer_experiment, copy_run
 from vlmflow.tracking.offline import choose_store, pending_notice
 from vlmflow.tracking.runs import (
     absolute_tracking_uri,
+    child_run_id,
     ensure_experiment,
     start_variant_run,
     tracked_fine_tune,
@@ -98,8 +99,9 @@ def test_a_server_lost_while_a_fold_trains_gets_every_metric_and_file_once_synce
         )
         # The job finished; its run is named and waiting.
         run_id = json.loads((tmp_path / "fold0.json").read_text())["run_id"]
-        marker = tmp_path / "results/mlflow-pending" / f"{run_id}.json"
+        (marker,) = (tmp_path / "results/mlflow-pending").glob("*.json")
         pending = json.loads(marker.read_text())
+        assert pending["server_run_id"] == run_id and "HTTPConnectionPool" in pending["error"]
         notice = pending_notice()
         assert "baseline/fold0" in notice and "make sync-mlflow" in notice
         assert f"mlflow ui --backend-store-uri {pending['buffer']}" in notice
@@ -172,6 +174,62 @@ def test_a_fold_whose_server_answers_sends_its_run_at_once(tmp_path, monkeypatch
         assert pending_notice() is None and not (tmp_path / "results/mlflow-pending").exists()
     finally:
         stop_process_group(server)
+
+
+def test_a_fold_starting_while_the_server_is_down_gets_its_run_under_the_parent_once_synced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port, store = free_port(), tmp_path / "server" / "mlflow.db"
+    store.parent.mkdir()
+    server_uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(port, store)
+    try:
+        experiment = experiment_on(server_uri, tmp_path)
+        stop_process_group(server)  # lost before the fold's job starts
+
+        def train(environment: dict[str, str]) -> Path:
+            subprocess.run([sys.executable, "-c", TRAINER], env={**os.environ, **environment}, check=True)
+            config = tmp_path / "llamafactory.yaml"
+            config.write_text(yaml.safe_dump({"stage": "sft"}))
+            return config
+
+        run_file = tmp_path / "fold1.json"
+        tracked_fine_tune(
+            parent_run=tmp_path / "parent.json",
+            run_file=run_file,
+            model_dir=tmp_path / "model",
+            variant="baseline",
+            name="fold1",
+            gpus=0,
+            train=train,
+            fold="1",
+            level="fold",
+        )
+        assert json.loads(run_file.read_text())["run_id"] is None  # no server run yet
+        with pytest.raises(ValueError, match="fold1.json: this fine-tune's MLflow run waits in the local store"):
+            child_run_id(run_file)
+        (marker,) = (tmp_path / "results/mlflow-pending").glob("*.json")
+        local_run = json.loads(marker.read_text())["buffer_run_id"]
+
+        server = start_mlflow_server(port, store)
+        synced = subprocess.run(SYNC, capture_output=True, text=True)
+        assert synced.returncode == 0, synced.stderr
+        run_id = child_run_id(run_file)  # the sync gave the job's reference its server run
+        client, buffer = (
+            MlflowClient(server_uri),
+            MlflowClient(absolute_tracking_uri("sqlite:///results/mlflow-buffer.db")),
+        )
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == experiment["parent"] and run.info.run_name == "baseline/fold1"
+        assert run.data.tags["fold"] == "1" and run.info.status == "FINISHED"
+        assert history(client, run_id) == history(buffer, local_run)
+        assert buffer.get_run(local_run).data.tags["vlmflow.server_run_id"] == run_id
+        assert not marker.exists()
+        assert subprocess.run(SYNC, capture_output=True, text=True).returncode == 0
+        children = client.search_runs([experiment["experiment_id"]], "attributes.run_name = 'baseline/fold1'")
+        assert [child.info.run_id for child in children] == [run_id]  # opened once
+    finally:
+        if server.poll() is None:
+            stop_process_group(server)
 
 
 def test_a_sync_with_nothing_pending_says_so(tmp_path):

@@ -426,7 +426,10 @@ def report_targets():
 
 def tell_if_mlflow_was_offline():
     """Print, at the end of a run, that the MLflow server was unreachable or lost, and where the runs went."""
-    for notice in (unreachable_notice("results/mlflow_experiment.json"), pending_notice()):
+    for notice in (
+        unreachable_notice("results/mlflow_experiment.json"),
+        pending_notice(),
+    ):
         if notice:
             print(f"\n{notice}\n", file=sys.stderr)
 

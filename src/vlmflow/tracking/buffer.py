@@ -27,7 +27,7 @@ import logging
 import math
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.outputs import write_text_atomically
 from vlmflow.tracking.offline import PENDING_DIR, bound_http_retries, unreachable_reason
-from vlmflow.tracking.runs import absolute_tracking_uri, ensure_experiment, retry_locked
+from vlmflow.tracking.runs import absolute_tracking_uri, ensure_experiment, read_run, retry_locked, start_child_run
 
 log = logging.getLogger(__name__)
 BUFFER_STORE = "sqlite:///results/mlflow-buffer.db"
@@ -57,13 +57,66 @@ def buffer_experiment(experiment: str, workdir: str | Path = ".") -> tuple[str, 
     return uri, ensure_experiment(MlflowClient(uri), experiment, Path(workdir) / BUFFER_ARTIFACTS)
 
 
-def start_buffered_run(experiment: str, server_run_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
-    """A local run standing in for the server run ``server_run_id`` while the trainer logs; its store and id."""
-    uri, experiment_id = buffer_experiment(experiment)
-    client = MlflowClient(uri)
-    tags = {**tags, SERVER_RUN_TAG: server_run_id}
-    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags, run_name=run_name))
-    return uri, run.info.run_id
+def buffered_fine_tune(
+    parent: dict, run_file: str | Path, variant: str, name: str, tags: dict[str, str], fine_tune: Callable
+) -> str | None:
+    """Run ``fine_tune(store, run_id)`` into a local run, then send that run to its server run; return the
+    server run's id, or None while the run waits to be sent.
+
+    The server run is opened under the variant's parent when the job starts; if the server is down then,
+    when the run is sent (at the job's end, or by the sync)."""
+    bound_http_retries()
+    server = parent["tracking_uri"]
+    try:
+        server_run_id = start_child_run(
+            MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags
+        )
+    except Exception:
+        reason = unreachable_reason(server, attempts=1)
+        if reason is None:
+            raise  # the server answers: a real error, not an outage
+        log.warning("MLflow server %s is down (%s); the run opens when it is sent", server, reason)
+        server_run_id = None
+    run_name = f"{variant}/{name}"
+    store, experiment_id = buffer_experiment(parent["experiment"])
+    local = MlflowClient(store)
+    local_tags = {"variant": variant, **tags} | ({SERVER_RUN_TAG: server_run_id} if server_run_id else {})
+    local_run_id = retry_locked(lambda: local.create_run(experiment_id, tags=local_tags, run_name=run_name)).info.run_id
+    pending = {
+        "run_name": run_name,
+        "server": server,
+        "server_run_id": server_run_id,
+        "experiment_id": parent["experiment_id"],
+        "parent_run_id": parent["run_id"],
+        "variant": variant,
+        "name": name,
+        "tags": tags,
+        "buffer": store,
+        "buffer_run_id": local_run_id,
+        "run_reference": str(Path(run_file).resolve()),
+    }
+    try:
+        fine_tune(store, local_run_id)
+    except BaseException:
+        retry_locked(lambda: local.set_terminated(local_run_id, "FAILED"))  # the trainer left it RUNNING
+        raise
+    finally:  # what training logged up to a failure is sent (or kept) too
+        pending = send_or_keep(pending)
+    return pending["server_run_id"]
+
+
+def open_server_run(pending: dict) -> dict:
+    """``pending`` with the server run its job could not open (the server was down): opened now, under the
+    same parent, name and tags; the local run and the job's run reference then name it."""
+    client = MlflowClient(pending["server"])
+    where = pending["experiment_id"], pending["parent_run_id"], pending["variant"], pending["name"]
+    server_run_id = start_child_run(client, *where, **pending["tags"])
+    local = MlflowClient(pending["buffer"])
+    retry_locked(lambda: local.set_tag(pending["buffer_run_id"], SERVER_RUN_TAG, server_run_id))
+    reference = Path(pending["run_reference"])
+    if reference.is_file():  # written when the job ended without a run; the sync gives it one
+        write_text_atomically(reference, json.dumps({**read_run(reference), "run_id": server_run_id}, indent=2) + "\n")
+    return {**pending, "server_run_id": server_run_id}
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -111,14 +164,17 @@ def copy_run(source: MlflowClient, source_run_id: str, target: MlflowClient, tar
     log.info("sent %d metric entries, %d params, %d tags to %s", len(metrics), len(params), len(tags), target_run_id)
 
 
-def send_or_keep(pending: dict, pending_dir: str | Path = PENDING_DIR) -> str | None:
-    """Copy a local run into its server run; if the server fails us, leave a pending marker instead.
+def send_or_keep(pending: dict, pending_dir: str | Path = PENDING_DIR) -> dict:
+    """Copy a local run into its server run (opening it first if its job could not); if the server fails
+    us, leave a pending marker instead. ``pending`` names both runs (``buffered_fine_tune`` writes it).
 
-    ``pending`` names both: run_name, server, server_run_id, buffer (the local store), buffer_run_id.
-    Return None when it was sent, else why not (the job succeeds either way: nothing is lost)."""
+    Return it with the server run's id, and with ``error`` saying why it was not sent (None when it was):
+    the job succeeds either way, nothing is lost."""
     bound_http_retries()
-    marker = Path(pending_dir) / f"{pending['server_run_id']}.json"
+    marker = Path(pending_dir) / f"{pending['buffer_run_id']}.json"
     try:
+        if pending["server_run_id"] is None:
+            pending = open_server_run(pending)
         copy_run(
             MlflowClient(pending["buffer"]),
             pending["buffer_run_id"],
@@ -126,13 +182,13 @@ def send_or_keep(pending: dict, pending_dir: str | Path = PENDING_DIR) -> str | 
             pending["server_run_id"],
         )
     except Exception as error:  # any way a server fails: refused, timed out, 5xx, a proxy's error page
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        pending = {**pending, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
         marker.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(marker, json.dumps({**pending, "error": reason}, indent=2) + "\n")
-        log.warning("MLflow server did not take run %s (%s); kept, see %s", pending["run_name"], reason, marker)
-        return reason
+        write_text_atomically(marker, json.dumps(pending, indent=2) + "\n")
+        log.warning("MLflow server did not take %s (%s); kept, see %s", pending["run_name"], pending["error"], marker)
+        return pending
     marker.unlink(missing_ok=True)
-    return None
+    return {**pending, "error": None}
 
 
 def sync_pending(pending_dir: str | Path = PENDING_DIR) -> int:
@@ -151,11 +207,11 @@ def sync_pending(pending_dir: str | Path = PENDING_DIR) -> int:
     for entry in pending:
         if entry["server"] in down:
             failed += 1
-        elif (reason := send_or_keep(entry, pending_dir)) is None:
-            print(f"MLflow: sent {entry['run_name']} to {entry['server']} (run {entry['server_run_id']}).")
+        elif (sent := send_or_keep(entry, pending_dir))["error"] is None:
+            print(f"MLflow: sent {entry['run_name']} to {entry['server']} (run {sent['server_run_id']}).")
         else:
             failed += 1
-            print(f"MLflow: could not send {entry['run_name']}, kept for the next sync: {reason}", file=sys.stderr)
+            print(f"MLflow: could not send {entry['run_name']}, kept: {sent['error']}", file=sys.stderr)
     for server, reason in down.items():
         waiting = [entry["run_name"] for entry in pending if entry["server"] == server]
         print(

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.outputs import write_text_atomically
-from vlmflow.tracking.offline import bound_http_retries, is_server
+from vlmflow.tracking.offline import is_server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,30 +151,35 @@ def tracked_fine_tune(
 
     With a tracking server, the trainer and the attachments go to a local run first, which is sent to the
     server run when training ends, or kept for ``make sync-mlflow`` when the server is lost: see
-    vlmflow.tracking.buffer. What training logged up to a failure is sent too.
+    vlmflow.tracking.buffer. The run reference then names no run until it is sent.
     """
-    from vlmflow.tracking import buffer  # here: buffer builds on this module
-
     parent = read_run(parent_run)
     server = parent["tracking_uri"]
-    if is_server(server):
-        bound_http_retries()
-    run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
-    run_name = f"{variant}/{name}"
-    store, logged_run = (
-        buffer.start_buffered_run(parent["experiment"], run_id, run_name, {"variant": variant, **tags})
-        if is_server(server)
-        else (server, run_id)
-    )
-    try:
+
+    def fine_tune(store: str, run_id: str) -> None:
         with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
-            config_path = train(training_environment(store, parent["experiment"], logged_run))
-        log_training(MlflowClient(store), logged_run, config_path, model_dir)
-    finally:
-        if store != server:
-            pending = {"run_name": run_name, "server": server, "server_run_id": run_id}
-            buffer.send_or_keep({**pending, "buffer": store, "buffer_run_id": logged_run})
+            config_path = train(training_environment(store, parent["experiment"], run_id))
+        log_training(MlflowClient(store), run_id, config_path, model_dir)
+
+    if is_server(server):
+        from vlmflow.tracking.buffer import buffered_fine_tune  # here: buffer builds on this module
+
+        run_id = buffered_fine_tune(parent, run_file, variant, name, tags, fine_tune)
+    else:
+        run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
+        fine_tune(server, run_id)
     write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
+
+
+def child_run_id(path: str | Path) -> str:
+    """The server run id a fine-tune's run reference names; one whose run still waits to be sent is said."""
+    run_id = read_run(path)["run_id"]
+    if run_id is None:
+        raise ValueError(
+            f"{path}: this fine-tune's MLflow run waits in the local store to be sent to the server: "
+            "run `make sync-mlflow` once the server answers, then snakemake again"
+        )
+    return run_id
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
