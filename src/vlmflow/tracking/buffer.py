@@ -1,23 +1,27 @@
 """A tracking server lost during a run loses nothing: fine-tunes log locally, send at the end, or later.
 
 With an HTTP tracking server, each fine-tune's trainer (LLaMA-Factory through transformers' MLflowCallback)
-logs into a run of a local SQLite store, ``results/mlflow-buffer.db``, never into the server: the callback
-raises when a request fails, so a server lost mid-training would otherwise end hours of training (after
-MLflow's retries, which by default wait minutes per call). The job's own run on the server is opened when
-the job starts, under its variant's parent run, as before.
+logs into a run of a local SQLite store, ``results/mlflow-buffer.db``, never into the server. Logging to a
+server lost mid-training drops every metric batch after MLflow's retries (the callback logs in the
+background: measured about 250 s per batch with MLflow's default retries), and the callback's end of the run
+then blocks about 8 minutes and raises, failing the fine-tune after its hours of training. The job's own
+run on the server is opened when the job starts, under its variant's parent run, as before.
 
 When the fine-tune ends, the job copies the local run into its server run: every metric with its steps and
 timestamps, params, tags, artifacts and the final status (``copy_run``, through ``MlflowClient.log_batch``
 and ``log_artifacts``). If the server does not answer then, the job still succeeds and leaves a marker,
-``results/mlflow-pending/<server run id>.json``, naming both runs. Snakemake's last lines list the markers
+``results/mlflow-pending/<local run id>.json``, naming both runs. (A job that starts while the server is
+down trains too; its server run is opened when the run is sent, and its run reference then names it.)
+Snakemake's last lines list the markers
 (``vlmflow.tracking.offline.pending_notice``), and ``make sync-mlflow``, i.e.
 ``python -m vlmflow.tracking.buffer [PENDING_DIR]``, sends them once the server is back. A copy sends only
 what the server run lacks, so a sync run twice (or one cut off half-way) makes no duplicates. A server that
 never comes back leaves every fine-tune browsable with ``mlflow ui`` on the local store.
 
-The price: the server shows a fine-tune's curves when it ends, not while it trains. No library does the copy
-for MLflow 3: ``mlflow-export-import`` (last release 2023) exports whole runs to files for another server and
-has no "send only what is missing" step; the copy is the client's public batch calls.
+The price: the server shows a fine-tune's curves when it ends, not while it trains. The copy is MLflow's
+public client calls: ``mlflow-export-import`` (last PyPI release 1.2.0, 2023, before MLflow 3) imports an
+exported run as a new run, whereas here the server run exists already, holds the job's parent and name,
+and must not get duplicates from a second sync.
 """
 
 from __future__ import annotations
