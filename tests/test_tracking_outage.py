@@ -12,10 +12,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from test_faults import trainer_processes, wait_for
 
-from vlmflow.tracking.buffer import buffer_experiment, copy_run
+from vlmflow.tracking.buffer import copy_run
 from vlmflow.tracking.offline import choose_store, pending_notice
 from vlmflow.tracking.runs import (
-    absolute_tracking_uri,
     child_run_id,
     ensure_experiment,
     start_variant_run,
@@ -60,7 +59,6 @@ def experiment_on(server: str, workdir: Path) -> dict:
     assert uri == server and not fallback
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, "vlmflow", workdir / "results/mlflow-artifacts")
-    buffer_experiment("vlmflow", workdir)
     parent = start_variant_run(client, experiment_id, "baseline", {"ocr": False})
     write_run(workdir / "parent.json", uri, "vlmflow", experiment_id, parent)
     return {"experiment_id": experiment_id, "parent": parent}
@@ -104,7 +102,8 @@ def test_a_server_lost_while_a_fold_trains_gets_every_metric_and_file_once_synce
         assert pending["server_run_id"] == run_id and "HTTPConnectionPool" in pending["error"]
         notice = pending_notice()
         assert "baseline/fold0" in notice and "make sync-mlflow" in notice
-        assert f"mlflow ui --backend-store-uri {pending['buffer']}" in notice
+        assert f"baseline/fold0: mlflow ui --backend-store-uri {pending['buffer']}" in notice
+        assert pending["buffer"] == f"sqlite:///{tmp_path / 'results/mlflow-buffer/baseline/fold0/mlflow.db'}"
         buffer = MlflowClient(pending["buffer"])
         local_run = pending["buffer_run_id"]
         assert history(buffer, local_run) == {
@@ -152,7 +151,9 @@ def test_a_fold_whose_server_answers_sends_its_run_at_once(tmp_path, monkeypatch
         experiment_on(f"http://127.0.0.1:{port}", tmp_path)
 
         def train(environment: dict[str, str]) -> Path:
-            assert environment["MLFLOW_TRACKING_URI"] == absolute_tracking_uri("sqlite:///results/mlflow-buffer.db")
+            # The trainer logs into the job's own local store.
+            store = tmp_path / "results/mlflow-buffer/baseline/fold0/mlflow.db"
+            assert environment["MLFLOW_TRACKING_URI"] == f"sqlite:///{store}"
             subprocess.run([sys.executable, "-c", TRAINER], env={**os.environ, **environment}, check=True)
             config = tmp_path / "llamafactory.yaml"
             config.write_text(yaml.safe_dump({"stage": "sft"}))
@@ -216,7 +217,7 @@ def test_a_fold_starting_while_the_server_is_down_gets_its_run_under_the_parent_
         run_id = child_run_id(run_file)  # the sync gave the job's reference its server run
         client, buffer = (
             MlflowClient(server_uri),
-            MlflowClient(absolute_tracking_uri("sqlite:///results/mlflow-buffer.db")),
+            MlflowClient(f"sqlite:///{tmp_path / 'results/mlflow-buffer/baseline/fold1/mlflow.db'}"),
         )
         run = client.get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == experiment["parent"] and run.info.run_name == "baseline/fold1"
@@ -262,7 +263,7 @@ def test_a_real_fine_tune_outlives_its_lost_server_and_sync_sends_every_step_and
         assert synced.returncode == 0, synced.stderr
         run_id = json.loads((workdir / target).read_text())["run_id"]
         client = MlflowClient(server_uri)
-        buffer = MlflowClient(f"sqlite:///{workdir / 'results/mlflow-buffer.db'}")
+        buffer = MlflowClient(f"sqlite:///{workdir / 'results/mlflow-buffer/baseline/fold0/mlflow.db'}")
         (local,) = buffer.search_runs(
             [buffer.get_experiment_by_name("vlmflow").experiment_id], f"tags.`vlmflow.server_run_id` = '{run_id}'"
         )

@@ -1,19 +1,15 @@
 """Create the MLflow store and experiment once, before parallel jobs write to it.
 
 An unreachable tracking server does not stop the run: it logs to a local store instead (vlmflow.tracking.offline).
-With a server, the local store fine-tunes log to first is created here too (vlmflow.tracking.buffer).
 """
 
 from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.logfile import log_to
-from vlmflow.tracking.buffer import buffer_experiment
-from vlmflow.tracking.offline import choose_store, is_server
+from vlmflow.tracking.offline import choose_store
 from vlmflow.tracking.runs import ensure_experiment, write_run
 
 log_to(snakemake.log[0])
 tracking_uri, fallback = choose_store(snakemake.params.tracking_uri)
 experiment_id = ensure_experiment(MlflowClient(tracking_uri), snakemake.params.experiment, "results/mlflow-artifacts")
 write_run(snakemake.output.experiment, tracking_uri, snakemake.params.experiment, experiment_id, None, **fallback)
-if is_server(tracking_uri):
-    buffer_experiment(snakemake.params.experiment)

@@ -1,7 +1,8 @@
 """A tracking server lost during a run loses nothing: fine-tunes log locally, send at the end, or later.
 
 With an HTTP tracking server, each fine-tune's trainer (LLaMA-Factory through transformers' MLflowCallback)
-logs into a run of a local SQLite store, ``results/mlflow-buffer.db``, never into the server. Logging to a
+logs into a run of a local SQLite store of its own, ``results/mlflow-buffer/<variant>/<name>/mlflow.db``,
+never into the server. Logging to a
 server lost mid-training drops every metric batch after MLflow's retries (the callback logs in the
 background: measured about 250 s per batch with MLflow's default retries), and the callback's end of the run
 then blocks about 8 minutes and raises, failing the fine-tune after its hours of training. The job's own
@@ -39,11 +40,12 @@ from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.outputs import write_text_atomically
 from vlmflow.tracking.offline import PENDING_DIR, bound_http_retries, unreachable_reason
-from vlmflow.tracking.runs import absolute_tracking_uri, ensure_experiment, read_run, retry_locked, start_child_run
+from vlmflow.tracking.runs import ensure_experiment, read_run, retry_locked, start_child_run
 
 log = logging.getLogger(__name__)
-BUFFER_STORE = "sqlite:///results/mlflow-buffer.db"
-BUFFER_ARTIFACTS = "results/mlflow-buffer-artifacts"
+# One local store per fine-tune, results/mlflow-buffer/<variant>/<name>/: each is written by one job alone,
+# so that no SQLite file has two writers, on one machine or, on a cluster, over a shared file system.
+BUFFER_DIR = "results/mlflow-buffer"
 # Tagged on a local run: the server run it is sent to.
 SERVER_RUN_TAG = "vlmflow.server_run_id"
 # Tags a copy leaves alone: the server run has its own parent and name, and needs no pointer to itself.
@@ -52,13 +54,12 @@ KEPT_TAGS = {"mlflow.parentRunId", "mlflow.runName", SERVER_RUN_TAG}
 METRICS_PER_BATCH, PARAMS_OR_TAGS_PER_BATCH = 1000, 100
 
 
-def buffer_experiment(experiment: str, workdir: str | Path = ".") -> tuple[str, str]:
-    """The local store's URI and the id of ``experiment`` in it, created if needed.
-
-    The workflow's first job calls it (rule create_mlflow_experiment), so that parallel fine-tunes never
-    create the SQLite store at once (two processes migrating a new store fail)."""
-    uri = absolute_tracking_uri(BUFFER_STORE, workdir)
-    return uri, ensure_experiment(MlflowClient(uri), experiment, Path(workdir) / BUFFER_ARTIFACTS)
+def buffer_experiment(experiment: str, run_name: str, workdir: str | Path = ".") -> tuple[str, str]:
+    """The local store of the fine-tune ``run_name`` (``<variant>/<name>``) and the id of ``experiment`` in it."""
+    folder = (Path(workdir) / BUFFER_DIR / run_name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, ensure_experiment(MlflowClient(uri), experiment, folder / "artifacts")
 
 
 def buffered_fine_tune(
@@ -82,7 +83,7 @@ def buffered_fine_tune(
         log.warning("MLflow server %s is down (%s); the run opens when it is sent", server, reason)
         server_run_id = None
     run_name = f"{variant}/{name}"
-    store, experiment_id = buffer_experiment(parent["experiment"])
+    store, experiment_id = buffer_experiment(parent["experiment"], run_name)
     local = MlflowClient(store)
     local_tags = {"variant": variant, **tags} | ({SERVER_RUN_TAG: server_run_id} if server_run_id else {})
     local_run_id = retry_locked(lambda: local.create_run(experiment_id, tags=local_tags, run_name=run_name)).info.run_id

@@ -90,19 +90,19 @@ def unreachable_notice(experiment_reference: str | Path) -> str | None:
 
 
 def pending_notice(pending_dir: str | Path = PENDING_DIR) -> str | None:
-    """The end-of-run message naming the runs a lost tracking server missed, else None."""
+    """The end-of-run message naming the runs a lost tracking server missed and their local stores, else None."""
     markers = sorted(Path(pending_dir).glob("*.json"))
     if not markers:
         return None
     pending = [json.loads(marker.read_text(encoding="utf-8")) for marker in markers]
     servers = ", ".join(sorted({entry["server"] for entry in pending}))
-    stores = sorted({entry["buffer"] for entry in pending})
-    names = ", ".join(entry["run_name"] for entry in pending)
+    browse = "\n".join(
+        f"  {entry['run_name']}: mlflow ui --backend-store-uri {entry['buffer']} --host 127.0.0.1" for entry in pending
+    )
     return (
-        f"MLflow: the tracking server {servers} stopped answering during the run; {len(pending)} run(s) "
-        f"wait in the local store {', '.join(stores)}: {names}. Nothing is lost.\n"
-        f"Once the server answers again, send them with:\n"
+        f"MLflow: the tracking server {servers} stopped answering during the run; {len(pending)} fine-tune "
+        "run(s) wait in local stores to be sent to it. Nothing is lost.\n"
+        "Once the server answers again, send them with:\n"
         f"  make sync-mlflow    (or: python -m vlmflow.tracking.buffer {pending_dir})\n"
-        f"Until then, browse them with:\n"
-        f"  mlflow ui --backend-store-uri {stores[0]} --host 127.0.0.1"
+        f"Until then, browse each with:\n{browse}"
     )
