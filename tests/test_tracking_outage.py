@@ -271,8 +271,9 @@ def test_a_real_fine_tune_outlives_its_lost_server_and_sync_sends_every_step_and
         assert sent == history(buffer, local.info.run_id)
         # Every step the trainer logged a loss at (its own record) is on the server.
         state = json.loads((workdir / "results/baseline/fold0/model/trainer_state.json").read_text())
-        steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
-        assert steps and [step for step, _ in sent["loss"]] == steps
+        logged = [(entry["step"], entry["loss"]) for entry in state["log_history"] if "loss" in entry]
+        assert logged and [step for step, _ in sent["loss"]] == [step for step, _ in logged]
+        assert [value for _, value in sent["loss"]] == pytest.approx([loss for _, loss in logged])
         assert {"llamafactory.yaml", "trainer_state.json", "training_loss.png"} <= artifacts(client, run_id)
         assert artifacts(client, run_id) == artifacts(buffer, local.info.run_id)
         assert (

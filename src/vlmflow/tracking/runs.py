@@ -151,7 +151,8 @@ def tracked_fine_tune(
 
     With a tracking server, the trainer and the attachments go to a local run first, which is sent to the
     server run when training ends, or kept for ``make sync-mlflow`` when the server is lost: see
-    vlmflow.tracking.buffer. The run reference then names no run until it is sent.
+    vlmflow.tracking.buffer. One that starts while the server is down has no server run yet: its run
+    reference names none (``run_id`` null, see ``child_run_id``) until the run is sent.
     """
     parent = read_run(parent_run)
     server = parent["tracking_uri"]
