@@ -20,7 +20,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install install-vllm test-system-packages demo demo-full demo-teacher report screenshots test test-fast lint dry-run plan bench clean
+.PHONY: install install-vllm test-system-packages demo demo-full demo-teacher report screenshots test test-fast lint dry-run plan bench sync-mlflow clean
 
 install: $(STAMP)
 
@@ -120,6 +120,12 @@ dry-run: install
 # e.g. make plan SNAKEMAKE_ARGS="--configfile my.yaml".
 plan: install
 	$(BIN)/python -m vlmflow.runtime.plan $(SNAKEMAKE_ARGS)
+
+# After a tracking server came back: send it the fine-tunes it missed (results/mlflow-pending, see
+# vlmflow.tracking.buffer). No install first: it runs where a run left its results. Fails, keeping them all,
+# while the server is still down.
+sync-mlflow:
+	$(BIN)/python -m vlmflow.tracking.buffer results/mlflow-pending
 
 clean:
 	rm -rf results logs resources .snakemake

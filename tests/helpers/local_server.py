@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 from urllib.error import URLError
 
 from vlmflow.runtime.gpu_lease import free_port  # the library's one free_port (torchrun's MASTER_PORT)
 
-__all__ = ["free_port", "stop_process_group", "wait_for_http"]
+__all__ = ["free_port", "start_mlflow_server", "stop_process_group", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -39,3 +41,27 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def start_mlflow_server(port: int, store: Path, timeout: float = 120) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:``port`` over the SQLite file ``store`` (artifacts beside it),
+    answering when this returns; stop it with ``stop_process_group``. Started again on the same port and
+    store, it is the same server back."""
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--artifacts-destination",
+        str(store.parent / "server-artifacts"),
+    ]
+    log = open(store.parent / "mlflow-server.log", "a")  # noqa: SIM115 - the server writes it while it runs
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_http(f"http://127.0.0.1:{port}/health", timeout, process)
+    return process

@@ -9,7 +9,7 @@ from vlmflow.model.families import base_model as resolve_base_model
 from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
 from vlmflow.prompting.variants import PromptVariant
-from vlmflow.tracking.offline import unreachable_notice
+from vlmflow.tracking.offline import pending_notice, unreachable_notice
 from vlmflow.recipe.final_models import (
     final_fit_of,
     final_model_dir,
@@ -425,10 +425,13 @@ def report_targets():
 
 
 def tell_if_mlflow_was_offline():
-    """Print, at the end of a run, that the MLflow server was unreachable and where the runs went."""
-    notice = unreachable_notice("results/mlflow_experiment.json")
-    if notice:
-        print(f"\n{notice}\n", file=sys.stderr)
+    """Print, at the end of a run, that the MLflow server was unreachable or lost, and where the runs went."""
+    for notice in (
+        unreachable_notice("results/mlflow_experiment.json"),
+        pending_notice(),
+    ):
+        if notice:
+            print(f"\n{notice}\n", file=sys.stderr)
 
 
 def tell_warnings():

@@ -8,7 +8,14 @@ from mlflow.tracking import MlflowClient
 from vlmflow.recipe.final_models import final_fit_of, final_model_of
 from vlmflow.runtime.logfile import log_to
 from vlmflow.runtime.outputs import staged
-from vlmflow.tracking.runs import log_results, log_variant_results, numeric_metrics, read_run, share_variant_params
+from vlmflow.tracking.runs import (
+    child_run_id,
+    log_results,
+    log_variant_results,
+    numeric_metrics,
+    read_run,
+    share_variant_params,
+)
 
 
 def read_json(path):
@@ -34,7 +41,8 @@ for name, general_metrics in general.items():
     metrics |= numeric_metrics(general_metrics, f"general.{name}")
 client = MlflowClient(parent["tracking_uri"])
 children = [*snakemake.input.fold_runs, *snakemake.input.retrained_runs]
-share_variant_params(client, parent["run_id"], [read_run(path)["run_id"] for path in children])
+# A fine-tune whose run still waits to be sent (vlmflow.tracking.buffer) is named here.
+share_variant_params(client, parent["run_id"], [child_run_id(path) for path in children])
 fits = {final_fit_of(path)[1:]: read_json(path) for path in snakemake.input.fit_metrics}  # by (model, seed)
 training_sets = {final_fit_of(path)[1:]: path for path in snakemake.input.training_sets}
 for run in snakemake.input.retrained_runs:
@@ -42,7 +50,7 @@ for run in snakemake.input.retrained_runs:
     numbers = numeric_metrics(fits[fit], "final") | numeric_metrics(read_json(training_sets[fit]), "training_set")
     if fit[1] == snakemake.params.first_seed:
         numbers |= numeric_metrics(general.get(fit[0], {}), "general")
-    log_results(client, read_run(run)["run_id"], numbers, [training_sets[fit]])
+    log_results(client, child_run_id(run), numbers, [training_sets[fit]])
 log_variant_results(
     parent,
     [read_run(path) for path in snakemake.input.fold_runs],

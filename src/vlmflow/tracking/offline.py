@@ -5,7 +5,9 @@ The store is chosen once, when the experiment is created (the first job of a run
 server does not answer, every job of the run logs to a local SQLite store instead, so that parent and
 child runs stay together and nothing is lost, and Snakemake's end-of-run message says so.
 
-Nothing is sent to the server later. The local store is complete and browsable with ``mlflow ui``;
+Nothing of that run is sent to the server later. (A server lost *during* a run is another matter: the
+fine-tunes keep what they could not send and ``make sync-mlflow`` sends it, see vlmflow.tracking.buffer;
+``pending_notice`` is its end-of-run message.) The local store is complete and browsable with ``mlflow ui``;
 the experiment reference ``results/mlflow_experiment.json`` keeps naming it, so later runs keep
 logging there. Deleting that file makes the next run try the server again, and reruns every job
 that logs to MLflow (training included): that is the price of one experiment per store.
@@ -21,17 +23,29 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 OFFLINE_STORE = "sqlite:///results/mlflow-offline.db"
+# One marker per run a lost server missed (vlmflow.tracking.buffer writes them, `make sync-mlflow` sends them).
+PENDING_DIR = "results/mlflow-pending"
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (which can be lost), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def bound_http_retries(max_retries: int = 0, timeout: int = 10) -> None:
+    """Make MLflow give up on a server that does not answer in seconds: its default retries wait minutes
+    per call (7 retries, doubling from 2 s up to 120 s). A person's own settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
 
 
 def unreachable_reason(uri: str, attempts: int = 3) -> str | None:
     """Why the tracking server at ``uri`` does not answer, or None when it does (local stores always do)."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return None
     from mlflow.tracking import MlflowClient  # here, not at the top: the Snakefile imports this module
 
-    # MLflow's own retries would wait minutes per call; ours are few and short.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    bound_http_retries()  # MLflow's own retries would wait minutes per call; ours are few and short
     reason = None
     for attempt in range(attempts):
         try:
@@ -72,4 +86,23 @@ def unreachable_notice(experiment_reference: str | Path) -> str | None:
         f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1\n"
         f"Nothing is sent to the server later. To log there, start the server and delete {path}: "
         "the next run then logs to the server, rerunning every job that logs to MLflow."
+    )
+
+
+def pending_notice(pending_dir: str | Path = PENDING_DIR) -> str | None:
+    """The end-of-run message naming the runs a lost tracking server missed and their local stores, else None."""
+    markers = sorted(Path(pending_dir).glob("*.json"))
+    if not markers:
+        return None
+    pending = [json.loads(marker.read_text(encoding="utf-8")) for marker in markers]
+    servers = ", ".join(sorted({entry["server"] for entry in pending}))
+    browse = "\n".join(
+        f"  {entry['run_name']}: mlflow ui --backend-store-uri {entry['buffer']} --host 127.0.0.1" for entry in pending
+    )
+    return (
+        f"MLflow: the tracking server {servers} stopped answering during the run; {len(pending)} fine-tune "
+        "run(s) wait in local stores to be sent to it. Nothing is lost.\n"
+        "Once the server answers again, send them with:\n"
+        f"  make sync-mlflow    (or: python -m vlmflow.tracking.buffer {pending_dir})\n"
+        f"Until then, browse each with:\n{browse}"
     )

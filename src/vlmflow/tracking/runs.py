@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.outputs import write_text_atomically
+from vlmflow.tracking.offline import is_server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,14 +148,39 @@ def tracked_fine_tune(
     Starts the run ``<variant>/<name>`` with ``tags``, leases ``gpus`` distinct devices (Snakemake only
     counts them), calls ``train(environment)``, which passes MLflow's variables to the trainer and returns
     its YAML's path, then attaches the YAML, loss plot and trainer state and writes the run reference.
+
+    With a tracking server, the trainer and the attachments go to a local run first, which is sent to the
+    server run when training ends, or kept for ``make sync-mlflow`` when the server is lost: see
+    vlmflow.tracking.buffer. One that starts while the server is down has no server run yet: its run
+    reference names none (``run_id`` null, see ``child_run_id``) until the run is sent.
     """
     parent = read_run(parent_run)
-    client = MlflowClient(parent["tracking_uri"])
-    run_id = start_child_run(client, parent["experiment_id"], parent["run_id"], variant, name, **tags)
-    with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
-        config_path = train(training_environment(parent["tracking_uri"], parent["experiment"], run_id))
-    log_training(client, run_id, config_path, model_dir)
-    write_run(run_file, parent["tracking_uri"], parent["experiment"], parent["experiment_id"], run_id)
+    server = parent["tracking_uri"]
+
+    def fine_tune(store: str, run_id: str) -> None:
+        with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
+            config_path = train(training_environment(store, parent["experiment"], run_id))
+        log_training(MlflowClient(store), run_id, config_path, model_dir)
+
+    if is_server(server):
+        from vlmflow.tracking.buffer import buffered_fine_tune  # here: buffer builds on this module
+
+        run_id = buffered_fine_tune(parent, run_file, variant, name, tags, fine_tune)
+    else:
+        run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
+        fine_tune(server, run_id)
+    write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
+
+
+def child_run_id(path: str | Path) -> str:
+    """The server run id a fine-tune's run reference names; one whose run still waits to be sent is said."""
+    run_id = read_run(path)["run_id"]
+    if run_id is None:
+        raise ValueError(
+            f"{path}: this fine-tune's MLflow run waits in the local store to be sent to the server: "
+            "run `make sync-mlflow` once the server answers, then snakemake again"
+        )
+    return run_id
 
 
 def training_environment(tracking_uri: str, experiment: str, run_id: str) -> dict[str, str]:
