@@ -115,6 +115,10 @@ def ingest_count(split: str, ingested: IngestedSplit) -> StageCount:
         },
         columns=ISSUE_COLUMNS,
     )
+    # Kept records ingestion warned about (an unreadable EXIF block: used unrotated).
+    flagged = pd.DataFrame(counts.get("flagged", []), columns=["id", "position", "image", "reason"])
+    flagged = flagged.assign(stage="ingest", split=split, outcome="flagged")[ISSUE_COLUMNS]
+    issues = pd.concat([issues, flagged], ignore_index=True) if len(flagged) else issues
     return StageCount("ingest", split, counts["records_in"], len(records), issues)
 
 
