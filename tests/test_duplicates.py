@@ -122,7 +122,13 @@ def test_exact_copies_are_listed_with_their_group_facts(duplicates):
 def test_conflicting_labels_become_review_rows_proposing_the_majority(duplicates):
     conflicts = duplicates.conflicts
     assert conflicts.to_dict("records") == [
-        {"id": "conflict1", "given": CART, "proposed": RETURN, "confidence": pytest.approx(2 / 3), "method": CONFLICT_METHOD}
+        {
+            "id": "conflict1",
+            "given": CART,
+            "proposed": RETURN,
+            "confidence": pytest.approx(2 / 3),
+            "method": CONFLICT_METHOD,
+        }
     ]
 
 

@@ -281,16 +281,20 @@ def resolve_image_path(raw: str, data_file: Path, image_dir: Path | None, roots:
 def exif_orientation(image: Image.Image) -> tuple[int, str | None]:
     """The image's EXIF orientation (1 to 8, 1 when it has none) and, when its EXIF block cannot be read,
     why (the image is then taken as upright)."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # Pillow reports a truncated EXIF block only as a warning
         try:
-            exif = image.getexif()
+            exif = Image.Exif()
+            exif.load(raw)  # parsed afresh: the parse at open time warned where no one was listening
             orientation = exif.get(EXIF_ORIENTATION, 1)
-        except Exception as error:  # Pillow raises anything from a malformed block: SyntaxError, struct.error...
+        except Exception as error:  # a malformed block raises anything: SyntaxError, struct.error, ...
             return 1, f"{type(error).__name__}: {error}"
     if caught:
         return 1, str(caught[0].message).strip()
-    if image.info.get("exif") and not exif:
+    if not exif:
         return 1, "the EXIF block holds no readable tag"
     if orientation not in range(1, 9):
         return 1, f"EXIF orientation {orientation!r} is not one of 1 to 8"
@@ -324,7 +328,11 @@ def inspect_image(path: Path, max_pixels: int, upright_image_dir: Path | None = 
     data = path.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # A corrupt EXIF block warns at open; exif_orientation reads it again and reports it by record.
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             width, height = image.size  # read from the header, before any pixel is decoded
             if width * height > max_pixels:
                 return "image_too_large", (
@@ -432,8 +440,12 @@ def ingest_records(
         log.warning("rejected %s", format_rejection(rejection))
     oriented = sum(bool(record.get("oriented")) for record in kept)
     log.info(
-        "%s: %d records in, %d out, %d rejected, %d turned upright", data_file.name, len(parsed), len(records),
-        len(rejected), oriented,
+        "%s: %d records in, %d out, %d rejected, %d turned upright",
+        data_file.name,
+        len(parsed),
+        len(records),
+        len(rejected),
+        oriented,
     )
     return IngestResult(records, rejected, records_in=len(parsed), reasons=reasons, flagged=flagged, oriented=oriented)
 
