@@ -147,6 +147,20 @@ def test_a_resized_recompressed_copy_is_a_near_duplicate_and_distinct_images_are
     assert 0 < near["distance"].iloc[0] <= 16
 
 
+def test_flat_images_of_different_colours_are_not_near_duplicates(tmp_path):
+    """A one-colour image hashes to all zeros whatever its colour: only its exact copies link it."""
+    paths = []
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200)), ("red_copy", (200, 0, 0))):
+        Image.new("RGB", (64, 64), colour).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    train = pd.DataFrame(
+        {"id": ["red", "blue", "red_copy"], "image_path": paths, "label": [CART] * 3, "image_sha256": ["r", "b", "r"]}
+    )
+    duplicates = find_duplicates(train, train.iloc[:0], near_duplicate_distance=16)
+    assert duplicates.near.empty
+    assert duplicates.groups["group"].tolist() == ["red", "blue", "red"]
+
+
 def test_test_copies_of_train_take_the_training_label_when_asked(duplicates):
     assert duplicates.test_copies.to_dict("records") == [{"id": "t_copy", "label": RETURN, "train_ids": "u4"}]
     predictions = pd.DataFrame({"id": ["t_copy", "t200"], "predicted": [CART, CART]})

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageStat
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -44,6 +44,7 @@ TEST_COPY_COLUMNS = ["id", "label", "train_ids"]
 # apart and its resized (2/3) JPEG copies at quality 50 within 10.
 HASH_SIZE = 16
 HASH_BITS = HASH_SIZE * HASH_SIZE
+FLAT_STDDEV = 2.0  # grey levels: below it an image is one colour, with nothing for a perceptual hash to see
 MAX_NEAR_DISTANCE = 64  # a quarter of the bits: beyond it, unrelated images count as near-duplicates
 TEST_DUPLICATE_MODES = ("predict_from_train", "score")
 
@@ -61,14 +62,17 @@ def exact_duplicate_counts(records: pd.DataFrame) -> dict:
     }
 
 
-def perceptual_hashes(image_paths: pd.Series) -> np.ndarray:
-    """One row per image of its DCT hash's HASH_BITS bits packed into bytes: resizing and recompression
-    barely move it."""
-    rows = []
+def perceptual_hashes(image_paths: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """One row per image of its DCT hash's HASH_BITS bits packed into bytes (resizing and recompression
+    barely move it), and whether the image has a hash worth comparing: a flat image (one colour, grey
+    levels within FLAT_STDDEV) hashes to noise or to all zeros, so that every flat image, whatever its
+    colour, would match every other; only its exact copies link it."""
+    rows, comparable = [], []
     for path in image_paths:
         with Image.open(path) as image:
             rows.append(np.packbits(imagehash.phash(image, hash_size=HASH_SIZE).hash.flatten()))
-    return np.array(rows, dtype=np.uint8).reshape(len(rows), HASH_BITS // 8)
+            comparable.append(ImageStat.Stat(image.convert("L")).stddev[0] > FLAT_STDDEV)
+    return np.array(rows, dtype=np.uint8).reshape(len(rows), HASH_BITS // 8), np.array(comparable, dtype=bool)
 
 
 def close_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> pd.DataFrame:
@@ -180,9 +184,13 @@ def find_duplicates(train: pd.DataFrame, test: pd.DataFrame, near_duplicate_dist
             f"perceptual hash, got {near_duplicate_distance}"
         )
     records = pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
-    pairs = close_pairs(perceptual_hashes(records["image_path"]), near_duplicate_distance)
+    hashes, comparable = perceptual_hashes(records["image_path"])
+    pairs = close_pairs(hashes, near_duplicate_distance)
     sha = records["image_sha256"].to_numpy()
-    near_pairs = pairs[sha[pairs["a"]] != sha[pairs["b"]]]  # exact copies are reported as such
+    exact = sha[pairs["a"]] == sha[pairs["b"]]
+    linked = exact | (comparable[pairs["a"]] & comparable[pairs["b"]])
+    pairs, exact = pairs[linked], exact[linked]
+    near_pairs = pairs[~exact]  # exact copies are reported as such
     a, b = records.iloc[near_pairs["a"]].reset_index(drop=True), records.iloc[near_pairs["b"]].reset_index(drop=True)
     near = pd.DataFrame(
         {
