@@ -87,7 +87,7 @@ def close_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> pd.D
         a, b = np.nonzero(distance <= max_distance)
         keep = start + a < b
         found.append(pd.DataFrame({"a": start + a[keep], "b": b[keep], "distance": distance[a[keep], b[keep]]}))
-    return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["a", "b", "distance"])
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame({"a": [], "b": [], "distance": []}, dtype=int)
 
 
 def majority_label(labels: pd.Series) -> tuple[str, float]:
