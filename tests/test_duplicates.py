@@ -22,8 +22,9 @@ from vlmflow.data.duplicates import (
     find_duplicates,
     predict_from_train,
 )
+from vlmflow.data.accounting import IngestedSplit, ingest_count
 from vlmflow.data.folds import assign_folds
-from vlmflow.data.ingest import ingest_records
+from vlmflow.data.ingest import ingest_records, write_ingest_outputs
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.recipe.correction import correct_labels
 
@@ -100,7 +101,7 @@ def duplicates(ingested):
     return find_duplicates(ingested["train"].records, ingested["test"].records, near_duplicate_distance=16)
 
 
-def test_ingestion_counts_exact_copies_with_same_and_conflicting_labels(ingested):
+def test_ingestion_counts_exact_copies_with_same_and_conflicting_labels(ingested, tmp_path):
     # u4's copy is a test record: a split counts only its own copies.
     assert ingested["train"].counts()["exact_duplicates"] == {
         "groups": 2,
@@ -109,6 +110,11 @@ def test_ingestion_counts_exact_copies_with_same_and_conflicting_labels(ingested
         "conflicting_label_groups": 1,
     }
     assert ingested["test"].counts()["exact_duplicates"]["groups"] == 0
+    # The record accounting's ingestion stage shows them.
+    paths = [tmp_path / name for name in ("train.parquet", "rejected.csv", "counts.json")]
+    write_ingest_outputs(ingested["train"], *paths)
+    stage = ingest_count("train", IngestedSplit.read(*paths)).summary()
+    assert stage["exact_duplicates"]["extra_copies"] == 4 and stage["records_out"] == 26
 
 
 def test_exact_copies_are_listed_with_their_group_facts(duplicates):

@@ -119,7 +119,8 @@ def ingest_count(split: str, ingested: IngestedSplit) -> StageCount:
     flagged = pd.DataFrame(counts.get("flagged", []), columns=["id", "position", "image", "reason"])
     flagged = flagged.assign(stage="ingest", split=split, outcome="flagged")[ISSUE_COLUMNS]
     issues = pd.concat([issues, flagged], ignore_index=True) if len(flagged) else issues
-    return StageCount("ingest", split, counts["records_in"], len(records), issues)
+    extra = {"exact_duplicates": counts["exact_duplicates"]} if "exact_duplicates" in counts else {}
+    return StageCount("ingest", split, counts["records_in"], len(records), issues, extra)
 
 
 def ocr_count(records: pd.DataFrame, ocr: pd.DataFrame) -> StageCount:
