@@ -17,12 +17,12 @@ from PIL import Image
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from vlmflow.data.accounting import IngestedSplit, ingest_count
 from vlmflow.data.duplicates import (
     CONFLICT_METHOD,
     find_duplicates,
     predict_from_train,
 )
-from vlmflow.data.accounting import IngestedSplit, ingest_count
 from vlmflow.data.folds import assign_folds
 from vlmflow.data.ingest import ingest_records, write_ingest_outputs
 from vlmflow.data.labels import label_names, load_labels
