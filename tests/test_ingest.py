@@ -197,6 +197,10 @@ def test_records_in_equal_records_out_plus_rejected_and_outputs_say_so(data_dir)
         "records_out": 5,
         "rejected": 3,
         "rejected_by_reason": {"duplicate_id": 1, "image_not_found": 1, "unknown_label": 1},
+        "oriented": 0,
+        # r0 to r4 share images/a.jpg: one image, four extra copies, one label.
+        "exact_duplicates": {"groups": 1, "extra_copies": 4, "same_label_groups": 1, "conflicting_label_groups": 0},
+        "flagged": [],
     }
     assert len(pd.read_parquet(data_dir / "out.parquet")) == 5
     assert len(pd.read_csv(data_dir / "rejected.csv")) == 3

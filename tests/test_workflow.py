@@ -27,7 +27,7 @@ def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])  # the scratch folder has no config/
     result = run_snakemake(tmp_path, config, "-n")
-    for rule in ("make_demo_dataset", "build_tiny_model", "ingest_records"):
+    for rule in ("make_demo_dataset", "build_tiny_model", "ingest_records", "find_duplicates", "assign_folds"):
         assert rule in result.stdout
 
 

@@ -1,9 +1,11 @@
-# One stratified K-fold split of the training records, shared by every variant (paired comparisons).
+# One stratified group K-fold split of the training records, shared by every variant (paired comparisons);
+# the records of a duplicate group (results/data/duplicate_groups.csv) share a fold.
 
 
 rule assign_folds:
     input:
         records="results/data/train.parquet",
+        groups="results/data/duplicate_groups.csv",
     output:
         folds="results/folds/folds.csv",
         report="results/folds/report.json",

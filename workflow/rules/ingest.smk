@@ -19,5 +19,6 @@ rule ingest_records:
         root=config["data"]["root"],
         max_image_pixels=config["data"]["max_image_pixels"],
         on_error=config["data"]["on_error"],
+        upright_image_dir=config["data"]["upright_image_dir"],
     script:
         "../scripts/ingest_records.py"

@@ -8,6 +8,7 @@ rule correct_labels:
     input:
         out_of_fold="results/{variant}/oof_probs.parquet",
         train_records="results/data/train.parquet",
+        duplicate_conflicts="results/data/label_conflicts.csv",
         ocr=ocr_table_if_needed,
         overrides=override_file,
         truth=truth_file(),
@@ -56,6 +57,7 @@ rule write_submission:
     input:
         test=submission_probabilities,
         test_records="results/data/test.parquet",
+        test_copies="results/data/test_copies_of_train.csv",
         labels=config["labels"],
     output:
         submission="results/{variant}/submission.csv",
@@ -65,6 +67,8 @@ rule write_submission:
     localrule: True
     conda:
         "../../envs/core.yaml"
+    params:
+        test_duplicates=config["data"]["test_duplicates"],
     script:
         "../scripts/write_submission.py"
 

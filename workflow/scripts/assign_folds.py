@@ -1,4 +1,4 @@
-"""Assign every training record to one stratified, seeded fold."""
+"""Assign every training record to one stratified, seeded fold, each duplicate group to one fold."""
 
 import json
 
@@ -10,7 +10,9 @@ from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
-folds, report = assign_folds(pd.read_parquet(snakemake.input.records), snakemake.params.folds, snakemake.params.seed)
+records = pd.read_parquet(snakemake.input.records)
+groups = pd.read_csv(snakemake.input.groups, dtype=str, keep_default_na=False).set_index("id")["group"]
+folds, report = assign_folds(records, snakemake.params.folds, snakemake.params.seed, records["id"].map(groups))
 folds.to_csv(output.folds, index=False)
 with open(output.report, "w", encoding="utf-8") as report_file:
     json.dump(report, report_file, ensure_ascii=False, indent=2)

@@ -14,6 +14,8 @@ from vlmflow.runtime.outputs import staged
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 train = pd.read_parquet(snakemake.input.train_records)
+conflicts = pd.read_csv(snakemake.input.duplicate_conflicts, dtype=str, keep_default_na=False)
+conflicts = conflicts.astype({"confidence": float})
 correction = correct_labels(
     train,
     pd.read_parquet(snakemake.input.out_of_fold),
@@ -25,6 +27,7 @@ correction = correct_labels(
     ocr_text=text_by_record(train, pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else None),
     review_html=Path(output.review),
     truth=pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None,
+    duplicate_conflicts=conflicts,
 )
 correction.issues.to_csv(output.corrections, index=False)
 correction.decisions.to_csv(output.decisions, index=False)

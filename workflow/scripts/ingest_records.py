@@ -15,6 +15,7 @@ result = ingest_records(
     root=snakemake.params.root,
     max_image_pixels=snakemake.params.max_image_pixels,
     on_error=snakemake.params.on_error,
+    upright_image_dir=snakemake.params.upright_image_dir,
 )
 write_ingest_outputs(result, output.records, output.rejected, output.counts)
 output.commit()

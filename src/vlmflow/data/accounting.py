@@ -115,7 +115,12 @@ def ingest_count(split: str, ingested: IngestedSplit) -> StageCount:
         },
         columns=ISSUE_COLUMNS,
     )
-    return StageCount("ingest", split, counts["records_in"], len(records), issues)
+    # Kept records ingestion warned about (an unreadable EXIF block: used unrotated).
+    flagged = pd.DataFrame(counts.get("flagged", []), columns=["id", "position", "image", "reason"])
+    flagged = flagged.assign(stage="ingest", split=split, outcome="flagged")[ISSUE_COLUMNS]
+    issues = pd.concat([issues, flagged], ignore_index=True) if len(flagged) else issues
+    extra = {"exact_duplicates": counts["exact_duplicates"]} if "exact_duplicates" in counts else {}
+    return StageCount("ingest", split, counts["records_in"], len(records), issues, extra)
 
 
 def ocr_count(records: pd.DataFrame, ocr: pd.DataFrame) -> StageCount:

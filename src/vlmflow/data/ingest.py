@@ -13,11 +13,15 @@ import io
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
+
+from vlmflow.data.duplicates import exact_duplicate_counts
+from vlmflow.runtime.outputs import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,8 @@ REJECTED_COLUMNS = ["record", "id", "reason"]
 # Qwen2-VL's image processor refuses images whose long side is more than 200 times the short one (at
 # training or scoring time, hours in), and RapidOCR's default upscaling of such a sliver runs for minutes.
 MAX_ASPECT_RATIO = 200
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera held the sensor; 1 is upright
 
 REENCODE = "re-encode the file as UTF-8"
 
@@ -58,6 +64,9 @@ class IngestResult:
     rejected: pd.DataFrame
     records_in: int
     reasons: dict[str, int] = field(default_factory=dict)
+    # Kept records that go on with a warning (an unreadable EXIF block): id, position, image, reason.
+    flagged: list[dict] = field(default_factory=list)
+    oriented: int = 0  # records whose image was rotated upright into a normalised copy
 
     def counts(self) -> dict:
         return {
@@ -65,6 +74,9 @@ class IngestResult:
             "records_out": len(self.records),
             "rejected": len(self.rejected),
             "rejected_by_reason": self.reasons,
+            "oriented": self.oriented,
+            "exact_duplicates": exact_duplicate_counts(self.records),
+            "flagged": self.flagged,
         }
 
 
@@ -266,11 +278,61 @@ def resolve_image_path(raw: str, data_file: Path, image_dir: Path | None, roots:
     )
 
 
-def inspect_image(path: Path, max_pixels: int) -> dict | tuple[str, str]:
-    """Return the image's sha256, width and height, or (problem kind, message)."""
+def exif_orientation(image: Image.Image) -> tuple[int, str | None]:
+    """The image's EXIF orientation (1 to 8, 1 when it has none) and, when its EXIF block cannot be read,
+    why (the image is then taken as upright)."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # Pillow reports a truncated EXIF block only as a warning
+        try:
+            exif = Image.Exif()
+            exif.load(raw)  # parsed afresh: the parse at open time warned where no one was listening
+            orientation = exif.get(EXIF_ORIENTATION, 1)
+        except Exception as error:  # a malformed block raises anything: SyntaxError, struct.error, ...
+            return 1, f"{type(error).__name__}: {error}"
+    if caught:
+        return 1, str(caught[0].message).strip()
+    if not exif:
+        return 1, "the EXIF block holds no readable tag"
+    if orientation not in range(1, 9):
+        return 1, f"EXIF orientation {orientation!r} is not one of 1 to 8"
+    return orientation, None
+
+
+def upright_copy(image: Image.Image, sha256: str, upright_image_dir: Path) -> Path:
+    """The image turned upright per its EXIF orientation, saved losslessly as ``<sha256>.png`` (once: a
+    cache shared by splits and runs, written atomically so that parallel ingestions cannot clash)."""
+    path = upright_image_dir / f"{sha256}.png"
+    if not path.exists():
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode not in ("1", "L", "LA", "I", "P", "RGB", "RGBA"):
+            upright = upright.convert("RGB")  # CMYK and YCbCr JPEGs: PNG cannot hold them
+        encoded = io.BytesIO()
+        upright.save(encoded, "PNG")
+        upright_image_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(path, encoded.getvalue())
+    return path
+
+
+def inspect_image(path: Path, max_pixels: int, upright_image_dir: Path | None = None) -> dict | tuple[str, str]:
+    """Return the image's sha256, width and height, or (problem kind, message).
+
+    An image whose EXIF orientation is not upright is rotated once here: with ``upright_image_dir`` its
+    ``image_path`` becomes an upright copy there (OCR, the scorer and LLaMA-Factory then see the same
+    pixels; RapidOCR alone honours EXIF, Pillow's ``Image.open`` does not) and width and height are the
+    copy's. ``exif_problem`` is the reason (``kind: message``) to flag a record whose image goes on as
+    stored although its EXIF says otherwise, e.g. an unreadable EXIF block; None when there is none.
+    """
     data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # A corrupt EXIF block warns at open; exif_orientation reads it again and reports it by record.
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             width, height = image.size  # read from the header, before any pixel is decoded
             if width * height > max_pixels:
                 return "image_too_large", (
@@ -283,9 +345,20 @@ def inspect_image(path: Path, max_pixels: int) -> dict | tuple[str, str]:
                     "Qwen2-VL's image processor refuses it and OCR cannot read it; crop or pad the image"
                 )
             image.load()  # decodes every pixel: catches truncated and corrupt files
+            orientation, exif_problem = exif_orientation(image)
+            if exif_problem:
+                exif_problem = f"exif_unreadable: the EXIF block cannot be read ({exif_problem}); used as stored"
+            inspected = {"image_sha256": sha256, "width": width, "height": height, "exif_problem": exif_problem}
+            if orientation != 1 and upright_image_dir is not None:
+                copy = upright_copy(image, sha256, upright_image_dir)
+                if orientation >= 5:  # 5 to 8 turn the image a quarter
+                    inspected |= {"width": height, "height": width}
+                inspected |= {"image_path": str(copy), "oriented": True}
+            elif orientation != 1:
+                inspected["exif_problem"] = f"exif_not_applied: EXIF orientation {orientation}, used as stored"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return "image_unreadable", f"image {path.name} is unreadable: {error}"
-    return {"image_sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height}
+    return inspected
 
 
 # ---------------------------------------------------------------- the whole ingestion
@@ -300,8 +373,13 @@ def ingest_records(
     root: str | Path | None = None,
     max_image_pixels: int = 40_000_000,
     on_error: str = "fail",
+    upright_image_dir: str | Path | None = None,
 ) -> IngestResult:
     """Validate every record of ``data_file`` and return the clean table and the rejected one.
+
+    ``upright_image_dir`` holds the upright copies of images stored rotated (EXIF orientation, see
+    ``inspect_image``); an image whose EXIF block is unreadable is ingested as stored, with a warning
+    naming the record, and listed in ``flagged``.
 
     ``labelled`` is true for training data: a label is required and must be in ``label_set``.
     For unlabelled (test) data the label column is null whatever the file holds; truth for
@@ -316,22 +394,28 @@ def ingest_records(
     else:
         roots = [Path(os.path.realpath(data_file.parent))] + ([image_dir_path] if image_dir_path else [])
     known_labels = set(label_set)
+    upright_dir = Path(upright_image_dir).absolute() if upright_image_dir else None
 
     parsed = read_raw_records(data_file)
     kept: list[dict] = []
     rejections: list[Rejection] = []
     first_seen: dict[str, str] = {}
+    flagged: list[dict] = []
     for index, item in enumerate(parsed, start=1):
         if isinstance(item, Rejection):
             rejections.append(item)
             continue
         checked = _check_fields(item, labelled, known_labels, first_seen) or _check_image(
-            item, data_file, image_dir_path, roots, max_image_pixels
+            item, data_file, image_dir_path, roots, max_image_pixels, upright_dir
         )
         if isinstance(checked, tuple):
             rejections.append(Rejection(item, *checked))
             continue
         first_seen[item.id] = item.position
+        exif_problem = checked.pop("exif_problem")
+        if exif_problem:
+            log.warning("%s (id %s), image %s: %s", item.position, item.id, item.image, exif_problem)
+            flagged.append({"id": item.id, "position": item.position, "image": item.image, "reason": exif_problem})
         kept.append({**checked, "id": item.id, "label": item.label if labelled else None})
         if index % 500 == 0:
             log.info("%s: checked %d of %d records", data_file.name, index, len(parsed))
@@ -354,8 +438,16 @@ def ingest_records(
         reasons[rejection.kind] = reasons.get(rejection.kind, 0) + 1
     for rejection in errors:
         log.warning("rejected %s", format_rejection(rejection))
-    log.info("%s: %d records in, %d out, %d rejected", data_file.name, len(parsed), len(records), len(rejected))
-    return IngestResult(records, rejected, records_in=len(parsed), reasons=reasons)
+    oriented = sum(bool(record.get("oriented")) for record in kept)
+    log.info(
+        "%s: %d records in, %d out, %d rejected, %d turned upright",
+        data_file.name,
+        len(parsed),
+        len(records),
+        len(rejected),
+        oriented,
+    )
+    return IngestResult(records, rejected, records_in=len(parsed), reasons=reasons, flagged=flagged, oriented=oriented)
 
 
 def format_rejection(rejection: Rejection) -> str:
@@ -382,12 +474,17 @@ def _check_fields(
 
 
 def _check_image(
-    record: RawRecord, data_file: Path, image_dir: Path | None, roots: list[Path], max_pixels: int
+    record: RawRecord,
+    data_file: Path,
+    image_dir: Path | None,
+    roots: list[Path],
+    max_pixels: int,
+    upright_image_dir: Path | None,
 ) -> dict | tuple[str, str]:
     resolved = resolve_image_path(record.image, data_file, image_dir, roots)
     if isinstance(resolved, tuple):
         return resolved
-    inspected = inspect_image(resolved, max_pixels)
+    inspected = inspect_image(resolved, max_pixels, upright_image_dir)
     return inspected if isinstance(inspected, tuple) else {"image_path": str(resolved), **inspected}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from vlmflow.evaluation.metrics import PROBABILITY_PREFIX, probability_columns
+from vlmflow.recipe.review_page import review_page
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,18 @@ def find_label_issues(
     ).assign(confidence=confidence[flagged], method=method)
     log.info("%s flagged %d of %d records", method, len(issues), len(oof))
     return issues.sort_values("confidence", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def with_duplicate_conflicts(issues: pd.DataFrame, conflicts: pd.DataFrame) -> pd.DataFrame:
+    """The fold models' flags, then the label conflicts of exact duplicate images (``vlmflow.data.duplicates``,
+    method ``duplicate_conflict``) of the records they did not flag: one proposal per record."""
+    new = conflicts[~conflicts["id"].isin(issues["id"])]
+    if len(new) < len(conflicts):
+        log.info("label conflicts also flagged by the fold models (their flag kept): %d", len(conflicts) - len(new))
+    log.info("%d label conflict(s) of duplicate images added to the flags", len(new))
+    if issues.empty or new.empty:  # concatenating an empty table would drop its column types
+        return (new[ISSUE_COLUMNS] if issues.empty else issues).reset_index(drop=True)
+    return pd.concat([issues, new[ISSUE_COLUMNS]], ignore_index=True)
 
 
 def write_override_template(path: str | Path) -> None:
@@ -229,15 +242,16 @@ def correct_labels(
     ocr_text: dict[str, str],
     review_html: Path,
     truth: pd.DataFrame | None = None,
+    duplicate_conflicts: pd.DataFrame | None = None,
 ) -> Correction:
-    """The correction stage in one call: flag the labels the fold models disagree with, read the user's
-    overrides, apply both, write the review page (``ocr_text`` by record id) and count (with ``truth``,
-    the demo's, how well the flags find the planted flips)."""
+    """The correction stage in one call: flag the labels the fold models disagree with and those of
+    ``duplicate_conflicts`` (copies of one image with different labels), read the user's overrides, apply
+    both, write the review page (``ocr_text`` by record id) and count (with ``truth``, the demo's, how well
+    the flags find the planted flips)."""
     issues = find_label_issues(out_of_fold, labels, method, min_confidence=min_confidence)
+    if duplicate_conflicts is not None:
+        issues = with_duplicate_conflicts(issues, duplicate_conflicts)
     overrides = read_overrides(overrides_path, labels)
     corrected, decisions = apply_corrections(train, issues, overrides, apply)
-    # Imported here: the page module reads this module's override format (OVERRIDE_COLUMNS).
-    from vlmflow.recipe.review_page import review_page
-
     review_page(issues, train, ocr_text, review_html, overrides_path, labels=labels, overrides=overrides)
     return Correction(issues, decisions, corrected, correction_summary(issues, decisions, truth))

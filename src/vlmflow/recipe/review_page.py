@@ -16,8 +16,6 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from vlmflow.recipe.correction import OVERRIDE_COLUMNS
-
 TEMPLATE = "label_review.html.jinja"
 
 
@@ -41,13 +39,13 @@ def review_page(
     overrides_path: str,
     image_root: Path | None = None,
     *,
-    labels: list[str] | None = None,
-    overrides: pd.DataFrame | None = None,
+    labels: list[str],
+    overrides: pd.DataFrame,
 ) -> None:
     """Write the review page of ``issues`` (``ocr_text`` maps record id to text) to ``out_html``.
 
-    ``labels`` is the label set the relabel control offers (default: the labels of ``train`` and the
-    issues); ``overrides`` the rows ``overrides_path`` already holds (as ``read_overrides`` returns them),
+    ``labels`` is the label set the relabel control offers; ``overrides`` the rows ``overrides_path`` already
+    holds, as ``vlmflow.recipe.correction.read_overrides`` returns them (its columns are the file's header),
     which the downloaded file keeps unless the page decides the same id.
     """
     out_html = Path(out_html)
@@ -60,14 +58,11 @@ def review_page(
         # Relative to the page's folder, so the page works wherever the results folder is opened.
         src = Path(os.path.relpath(image, out_html.parent)).as_posix()
         items.append(_shown(row._asdict()) | {"src": src, "ocr": ocr_text.get(row.id, "")})
-    if labels is None:
-        labels = sorted({*train["label"].astype(str), *issues["given"].astype(str), *issues["proposed"].astype(str)})
-    existing = pd.DataFrame(columns=OVERRIDE_COLUMNS) if overrides is None else overrides
     data = {
         "overridesPath": overrides_path,
         "downloadName": Path(overrides_path).name,
-        "header": OVERRIDE_COLUMNS,
-        "overrides": existing[OVERRIDE_COLUMNS].astype(str).to_dict(orient="records"),
+        "header": list(overrides.columns),
+        "overrides": overrides.astype(str).to_dict(orient="records"),
     }
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("vlmflow.recipe", "templates"),
