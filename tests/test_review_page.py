@@ -16,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from vlmflow.data.duplicates import CONFLICT_COLUMNS
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.evaluation.report import inline_images
 from vlmflow.recipe.review_page import review_page
@@ -187,6 +188,8 @@ def correction_inputs(workdir: Path) -> dict:
     oof.insert(0, "id", ids)
     oof["given_label"] = given
     oof.to_parquet(workdir / "results/baseline/oof_probs.parquet", index=False)
+    # No two training images are copies of each other (rule find_duplicates would write this header only).
+    pd.DataFrame(columns=CONFLICT_COLUMNS).to_csv(workdir / "results/data/label_conflicts.csv", index=False)
     return {"given": dict(zip(ids, given, strict=True)), "predicted": dict(zip(ids, predicted, strict=True))}
 
 
