@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vlmflow.data.duplicates import read_duplicate_table
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.data.ocr import text_by_record
 from vlmflow.recipe.correction import correct_labels
@@ -14,8 +15,6 @@ from vlmflow.runtime.outputs import staged
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
 train = pd.read_parquet(snakemake.input.train_records)
-conflicts = pd.read_csv(snakemake.input.duplicate_conflicts, dtype=str, keep_default_na=False)
-conflicts = conflicts.astype({"confidence": float})
 correction = correct_labels(
     train,
     pd.read_parquet(snakemake.input.out_of_fold),
@@ -27,7 +26,7 @@ correction = correct_labels(
     ocr_text=text_by_record(train, pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else None),
     review_html=Path(output.review),
     truth=pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None,
-    duplicate_conflicts=conflicts,
+    duplicate_conflicts=read_duplicate_table(snakemake.input.duplicate_conflicts),
 )
 correction.issues.to_csv(output.corrections, index=False)
 correction.decisions.to_csv(output.decisions, index=False)

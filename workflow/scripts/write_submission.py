@@ -3,7 +3,7 @@ test copies of training images take their training label when data.test_duplicat
 
 import pandas as pd
 
-from vlmflow.data.duplicates import predict_from_train
+from vlmflow.data.duplicates import predict_from_train, read_duplicate_table
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.recipe.submission import write_submission
 from vlmflow.runtime.logfile import log_to
@@ -11,9 +11,12 @@ from vlmflow.runtime.outputs import staged
 
 log_to(snakemake.log[0])
 output = staged(snakemake.output)  # renamed into place by commit(): never half-written
-test_copies = pd.read_csv(snakemake.input.test_copies, dtype=str, keep_default_na=False)
 write_submission(
-    predict_from_train(pd.read_parquet(snakemake.input.test), test_copies, snakemake.params.test_duplicates),
+    predict_from_train(
+        pd.read_parquet(snakemake.input.test),
+        read_duplicate_table(snakemake.input.test_copies),
+        snakemake.params.test_duplicates,
+    ),
     list(pd.read_parquet(snakemake.input.test_records)["id"]),
     label_names(load_labels(snakemake.input.labels)),
     output.submission,

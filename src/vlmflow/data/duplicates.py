@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -214,6 +215,13 @@ def find_duplicates(train: pd.DataFrame, test: pd.DataFrame, near_duplicate_dist
     )
     log.info("duplicates: %s", duplicates.summary())
     return duplicates
+
+
+def read_duplicate_table(path: str | Path) -> pd.DataFrame:
+    """A table ``find_duplicates`` wrote (groups, label conflicts, test copies), ids and labels as written
+    (strings: "007" stays "007", an empty cell stays empty), a conflict's confidence a number."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table.astype({"confidence": float}) if "confidence" in table else table
 
 
 def predict_from_train(predictions: pd.DataFrame, test_copies: pd.DataFrame, mode: str) -> pd.DataFrame:
