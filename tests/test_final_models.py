@@ -3,6 +3,7 @@
 import pytest
 
 from vlmflow.recipe.final_models import (
+    ablation_variants,
     final_fit_of,
     final_model_dir,
     final_model_dirs,
@@ -43,6 +44,14 @@ def test_a_path_names_its_variant_final_model_and_seed_whatever_the_order_of_a_l
 def test_the_seeds_are_final_seeds_or_else_train_seed():
     assert training_seeds([42, 43], train_seed=7) == [42, 43]
     assert training_seeds(None, train_seed=7) == [7]  # the schema's default: one fit, as before seeds
+
+
+def test_the_ablation_variants_are_those_named_or_else_every_variant():
+    assert ablation_variants(["b"], ["a", "b"]) == ["b"]
+    assert ablation_variants(None, ["a", "b"]) == ["a", "b"]  # the schema's default
+    assert ablation_variants([], ["a", "b"]) == []
+    with pytest.raises(ValueError, match=r"names \['c'\], which are not variants .*or null for every variant"):
+        ablation_variants(["a", "c"], ["a", "b"])
 
 
 @pytest.mark.parametrize(

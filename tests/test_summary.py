@@ -9,6 +9,7 @@ from vlmflow.evaluation.summary import (
     difference_metrics,
     difference_whiskers,
     general_ability_note,
+    idle_steps_note,
     plot_ablation,
     seed_points,
     summary_metrics,
@@ -242,3 +243,19 @@ def test_without_held_out_general_records_there_is_no_column_and_no_footnote():
     # A retrained model whose fit mixed nothing in (ratio 0) counts as trained without.
     note = general_ability_note({"b": {"retrain_none": {"n": 3, "accuracy": 1.0}}}, {"b": {"retrain_none": 0}})
     assert "trained without general data: retrain, none" in note and "mixed in" not in note
+
+
+def test_a_retrained_model_whose_steps_changed_no_record_is_named_as_such():
+    """0 labels corrected and 0 pseudo-labels kept: the fit trained on the no-step model's records (the demo at
+    the fold models' low confidence), which the summary says rather than let a difference look like a step's."""
+    fits = {
+        "baseline": {"retrain_none": {"pseudo": 0}, "retrain_correction_pseudo": {"pseudo": 0}},
+        "baseline_ocr": {"retrain_correction_pseudo": {"pseudo": 4}, "retrain_correction": {"pseudo": 0}},
+    }
+    corrections = {"baseline": {"applied": 0}, "baseline_ocr": {"applied": 3}}
+    note = idle_steps_note(corrections, fits)
+    assert "retrain, correction + pseudo (baseline: correction applied no label and no pseudo-label was kept)" in note
+    assert "baseline_ocr" not in note and "retrain, none" not in note  # its steps changed records; none has none
+    assert idle_steps_note({"baseline": {"applied": 2}}, {"baseline": {"retrain_correction": {"pseudo": 0}}}) == ""
+    note = idle_steps_note({"b": {"applied": 0}}, {"b": {"retrain_correction": {"pseudo": 9}}})
+    assert "retrain, correction (b: correction applied no label)." in note

@@ -52,7 +52,7 @@ def test_every_final_model_is_compared_with_the_no_step_model_on_the_same_test_i
     inputs = {
         re.search(r"final_model=([^,\n]+)", wildcards)[1]: listed
         for wildcards, listed in planned_inputs(dry_run, "evaluate_final_model").items()
-        if "variant=baseline," in wildcards
+        if "variant=baseline_ocr," in wildcards  # the variant config.yaml's final.ablation_variants names
     }
     assert {f"retrain/none/seed{first}/round1", f"retrain/none/seed{second}/round1", "average_folds"} <= set(inputs)
     for final_model, listed in inputs.items():
@@ -100,6 +100,39 @@ def test_each_retrained_combination_is_fitted_once_per_seed_its_rounds_chained_w
     assert across["variant=baseline, steps=none"].count("test_probs.parquet") == 2  # its own seeds only
     submission = planned_inputs(dry_run, "write_submission")["variant=baseline"]
     assert "retrain/correction_pseudo/seed42/round2/test_probs.parquet" in submission
+
+
+def test_a_variant_outside_final_ablation_variants_retrains_its_submission_model_alone_once(tmp_path):
+    """The shipped config ablates baseline_ocr only: baseline retrains final.steps' combination with the first
+    seed and nothing else, and the summary and its MLflow logging read no other fit of it."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config["labels"] = str(REPO / config["labels"])
+    assert config["final"]["ablation_variants"] == ["baseline_ocr"]
+    first, second = config["final"]["seeds"]
+    dry_run = run_snakemake(tmp_path, config, "-n").stdout
+    fits = sorted(
+        (wildcards["variant"], wildcards["steps"], wildcards["seed"])
+        for rule, wildcards in planned_jobs(dry_run)
+        if rule == "train_final"
+    )
+    ablated = [
+        ("baseline_ocr", steps, str(seed)) for steps in ("correction_pseudo", "none") for seed in (first, second)
+    ]
+    assert fits == sorted([("baseline", "correction_pseudo", str(first)), *ablated])
+    logged = planned_inputs(dry_run, "log_variant_to_mlflow")["variant=baseline"]
+    assert "baseline/retrain/none" not in logged and f"seed{second}" not in logged
+    assert "baseline/retrain/correction_pseudo/seed" in logged
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
+    summary = next(block for block in blocks if "rule summarize_ablation:" in block)  # a job without wildcards
+    assert "baseline/retrain/none" not in summary and "baseline_ocr/retrain/none" in summary
+
+
+def test_final_ablation_variants_must_name_variants(tmp_path):
+    config = small_demo_config(tmp_path)
+    config["final"] |= {"ablation_variants": ["baseline", "typo"]}
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "final.ablation_variants names ['typo'], which are not variants" in result.stdout + result.stderr
 
 
 # Jobs about every variant at once, which a change to one variant reruns too.

@@ -17,6 +17,7 @@ from vlmflow.recipe.final_models import (
     retrained_dir,
     round_dir,
     training_seeds,
+    ablation_variants,
 )
 from vlmflow.recipe.steps import (
     AVERAGE_FOLDS,
@@ -58,7 +59,6 @@ RETRAINED = list(
 # Final models besides the fold ensemble, by name (their folders: vlmflow.recipe.final_models), and the
 # one the submission comes from.
 RETRAINED_MODELS = [retrained_model_name(steps) for steps in RETRAINED]
-FINAL_MODELS = [AVERAGE_FOLDS, *RETRAINED_MODELS]
 SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STEPS)}.get(
     config["final"]["strategy"], config["final"]["strategy"]
 )
@@ -66,6 +66,37 @@ SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STEPS)}.get(
 # no-step model the averaged fold model is compared with.
 SEEDS = training_seeds(config["final"]["seeds"], config["train"]["seed"])
 FIRST_SEED = SEEDS[0]
+# Scheduling (Snakemake's priority, higher first; it does not pass to a job's inputs, so every rule on the way
+# carries it): OCR, prompts, the fold models and what the recipe's steps read from them, on which every
+# step-trained final fit waits; then every final fit, so that the long fine-tunes run while there are
+# jobs to pair them with and the run ends on short scoring jobs (on the demo's 2 cores, a no-step fit left to the
+# end ran alone for two minutes: docs/benchmarks.md).
+FOLD_WORK_PRIORITY = 2
+FINAL_FIT_PRIORITY = 1
+
+
+# The variants whose final models are all of the above; every other variant retrains only the submission's
+# combination, with the first seed (final.ablation_variants).
+ABLATION_VARIANTS = ablation_variants(
+    config["final"]["ablation_variants"], list(VARIANTS)
+)
+
+
+def retrained_models(variant):
+    """The retrained models of a variant: the ablation's and the submission's, or the submission's alone."""
+    if variant in ABLATION_VARIANTS:
+        return RETRAINED_MODELS
+    return [SUBMITTED_MODEL] if config["final"]["strategy"] == "retrain" else []
+
+
+def final_models(variant):
+    """A variant's final models besides the fold ensemble."""
+    return [AVERAGE_FOLDS, *retrained_models(variant)]
+
+
+def fit_seeds(variant):
+    """The seeds each of a variant's retrained models is fitted with."""
+    return SEEDS if variant in ABLATION_VARIANTS else [FIRST_SEED]
 
 
 wildcard_constraints:
@@ -204,7 +235,7 @@ def no_step_model_test_probs(wildcards):
     fit's test F1 is compared with it on the same images (vlmflow.evaluation.sanity.paired_difference), a
     retrained fit with the no-step model's fit of the same seed, the averaged fold model with the first seed's.
     """
-    if NO_STEP_MODEL not in RETRAINED_MODELS:
+    if NO_STEP_MODEL not in retrained_models(wildcards.variant):
         return []
     _, name, seed = final_fit_of(f"results/{wildcards.variant}/{wildcards.final_model}")
     if name == NO_STEP_MODEL:
@@ -219,7 +250,7 @@ def each_seeds_test_probs(variant, name):
     """Test predictions of each seed's fit of a retrained model (the script keys them by final_fit_of)."""
     return [
         f"{final_model_dir(variant, name, ROUNDS, seed)}/test_probs.parquet"
-        for seed in SEEDS
+        for seed in fit_seeds(variant)
     ]
 
 
@@ -233,7 +264,10 @@ def no_step_seed_test_probs(wildcards):
     """Test predictions of each seed's fit of the no-step model, paired with a retrained model's by seed;
     none for the no-step model itself or when final.ablation does not retrain it."""
     name = retrained_model_name(wildcards.steps)
-    if NO_STEP_MODEL not in RETRAINED_MODELS or name == NO_STEP_MODEL:
+    if (
+        NO_STEP_MODEL not in retrained_models(wildcards.variant)
+        or name == NO_STEP_MODEL
+    ):
         return []
     return each_seeds_test_probs(wildcards.variant, NO_STEP_MODEL)
 
@@ -245,14 +279,16 @@ def final_model_metrics(variant):
         f"{final_model_dir(variant, AVERAGE_FOLDS, ROUNDS)}/test_metrics.json",
         *(
             f"{retrained_dir(variant, name)}/test_metrics_across_seeds.json"
-            for name in RETRAINED_MODELS
+            for name in retrained_models(variant)
         ),
     ]
 
 
 def retrained_files(variant, name):
     """A file of each retrained fit (model and seed) of a variant (scripts key them by final_fit_of)."""
-    dirs = final_model_dirs(variant, RETRAINED_MODELS, ROUNDS, SEEDS)
+    dirs = final_model_dirs(
+        variant, retrained_models(variant), ROUNDS, fit_seeds(variant)
+    )
     return [f"{path}/{name}" for path in dirs.values()]
 
 
@@ -304,7 +340,7 @@ def general_ability_metrics(variant):
     """
     if not general_held_out():
         return []
-    dirs = final_model_dirs(variant, FINAL_MODELS, ROUNDS, [FIRST_SEED])
+    dirs = final_model_dirs(variant, final_models(variant), ROUNDS, [FIRST_SEED])
     return [f"{path}/general_metrics.json" for path in dirs.values()]
 
 

@@ -42,6 +42,7 @@ rule evaluate_variant:
         ],
     log:
         "logs/evaluate/{variant}.log",
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/core.yaml"
     script:

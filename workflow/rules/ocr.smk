@@ -11,6 +11,7 @@ rule ocr_shard:
         "logs/ocr/shard{shard}.log",
     benchmark:
         "benchmarks/ocr/shard{shard}.tsv"
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/ocr.yaml"
     threads: config["ocr"]["threads"]
@@ -32,6 +33,7 @@ rule merge_ocr:
         text="results/ocr/ocr.parquet",
     log:
         "logs/ocr/merge.log",
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/core.yaml"
     script:

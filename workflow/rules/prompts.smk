@@ -16,6 +16,7 @@ rule build_prompts:
         dataset_info="results/{variant}/llamafactory/dataset_info.json",
     log:
         "logs/prompts/{variant}.log",
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/core.yaml"
     params:

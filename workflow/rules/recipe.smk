@@ -21,6 +21,7 @@ rule correct_labels:
         scores="results/{variant}/correction_scores.json",
     log:
         "logs/correction/{variant}.log",
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/core.yaml"
     params:
@@ -41,6 +42,7 @@ rule select_pseudo_labels:
         report="results/{variant}/pseudo_labels.json",
     log:
         "logs/pseudo/{variant}.log",
+    priority: FOLD_WORK_PRIORITY
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
     localrule: True
     conda:

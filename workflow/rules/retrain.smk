@@ -20,6 +20,7 @@ rule build_final_training_set:
         report="results/{variant}/retrain/{steps}/seed{seed}/round{round}/training_set.json",
     log:
         "logs/retrain/{variant}/{steps}/seed{seed}/round{round}_training_set.log",
+    priority: FINAL_FIT_PRIORITY
     conda:
         "../../envs/core.yaml"
     params:
@@ -51,6 +52,7 @@ rule train_final:
         "logs/retrain/{variant}/{steps}/seed{seed}/round{round}.log",
     benchmark:
         "benchmarks/retrain/{variant}/{steps}/seed{seed}/round{round}.tsv"
+    priority: FINAL_FIT_PRIORITY
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]

@@ -17,6 +17,7 @@ rule score_fold:
         "logs/score/{variant}/fold{fold}.log",
     benchmark:
         "benchmarks/score/{variant}/fold{fold}.tsv"
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/train.yaml"
     threads: config["score"]["threads"]
@@ -41,6 +42,7 @@ rule score_test_shard:
         "logs/score/{variant}/fold{fold}_test_shard{test_shard}.log",
     benchmark:
         "benchmarks/score/{variant}/fold{fold}_test_shard{test_shard}.tsv"
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/train.yaml"
     threads: config["score"]["threads"]
@@ -66,6 +68,7 @@ rule merge_test_shards:
         test="results/{variant}/fold{fold}/test_probs.parquet",
     log:
         "logs/score/{variant}/fold{fold}_merge.log",
+    priority: FOLD_WORK_PRIORITY
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
     localrule: True
     conda:

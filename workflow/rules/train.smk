@@ -52,6 +52,7 @@ rule train_fold:
         "logs/train/{variant}/fold{fold}.log",
     benchmark:
         "benchmarks/train/{variant}/fold{fold}.tsv"
+    priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]

@@ -9,6 +9,7 @@ from vlmflow.evaluation.summary import (
     difference_metrics,
     difference_whiskers,
     general_ability_note,
+    idle_steps_note,
     plot_ablation,
     seed_points,
     summary_metrics,
@@ -47,18 +48,24 @@ general = {variant: {} for variant in snakemake.params.variants}  # variant -> f
 for path in snakemake.input.general:  # when final.general_data.held_out is set
     variant, name = final_model_of(path)
     general[variant][name] = read_json(path)
-# variant -> retrained model -> general records in the fit whose general ability was measured (the first seed's)
-mixed = {variant: {} for variant in snakemake.params.variants}
+# variant -> retrained model -> training set of its first seed's fit (whose general ability was measured)
+first_fits = {variant: {} for variant in snakemake.params.variants}
 for path in snakemake.input.training_sets:
     variant, name, seed = final_fit_of(path)
     if seed == snakemake.params.first_seed:
-        mixed[variant][name] = read_json(path)["general_records"]
+        first_fits[variant][name] = read_json(path)
+mixed = {variant: {name: fit["general_records"] for name, fit in fits.items()} for variant, fits in first_fits.items()}
 rows = [with_general_ability(row, general[row["variant"]]) for row in rows]
 table = ablation_table(rows)
 table.to_csv(output.table, index=False)
 with open(output.markdown, "w", encoding="utf-8") as markdown:
     base = read_json(snakemake.input.base_general[0]) if snakemake.input.base_general else None
-    markdown.write(warnings_markdown(warnings) + to_markdown(table) + general_ability_note(general, mixed, base))
+    markdown.write(
+        warnings_markdown(warnings)
+        + to_markdown(table)
+        + idle_steps_note(corrections, first_fits)
+        + general_ability_note(general, mixed, base)
+    )
 with open(output.warnings, "w", encoding="utf-8") as listed:  # Snakefile's onsuccess prints them last
     listed.writelines(f"WARNING: {warning}\n" for warning in warnings)
 plot_ablation(table, output.chart, difference_whiskers(final_models), seed_points(final_models))

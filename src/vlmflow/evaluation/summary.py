@@ -19,7 +19,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlmflow.evaluation.sanity import SEED_RANGE  # noqa: E402
-from vlmflow.recipe.steps import AVERAGE_FOLDS, FOLD_ENSEMBLE, NO_STEPS, retrained_model_name  # noqa: E402
+from vlmflow.recipe.steps import (  # noqa: E402
+    AVERAGE_FOLDS,
+    FOLD_ENSEMBLE,
+    NO_STEPS,
+    retrained_model_name,
+    retrained_steps,
+    step_set,
+)
 
 TEST_F1 = "test_weighted_f1"
 # A final model's test weighted F1 minus the no-step model's, with its paired bootstrap interval
@@ -40,11 +47,11 @@ TITLES = {
 
 
 def _seed_range_title(name: str) -> str:
-    return "seed range (max - min): " + _final_model_title(name).removeprefix("test wF1: ")
+    return "seed range (max - min): " + _model_title(name)
 
 
 def _difference_title(name: str) -> str:
-    return "vs no step, 95% interval: " + _final_model_title(name).removeprefix("test wF1: ")
+    return "vs no step, 95% interval: " + _model_title(name)
 
 
 def _final_model_title(name: str) -> str:
@@ -52,7 +59,12 @@ def _final_model_title(name: str) -> str:
         return "test wF1: fold ensemble"
     if name == AVERAGE_FOLDS:
         return "test wF1: averaged folds"
-    return f"test wF1: retrain, {name.removeprefix('retrain_').replace('_', ' + ')}"
+    return f"test wF1: retrain, {retrained_steps(name).replace('_', ' + ')}"
+
+
+def _model_title(name: str) -> str:
+    """A final model as the notes and column titles name it: ``retrain, correction + pseudo``."""
+    return _final_model_title(name).removeprefix("test wF1: ")
 
 
 def ablation_row(variant: str, metrics: dict, correction: dict, final_models: dict[str, dict], submitted: str) -> dict:
@@ -207,7 +219,7 @@ def with_titles(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _general_title(name: str) -> str:
-    return "general acc: " + _final_model_title(name).removeprefix("test wF1: ")
+    return "general acc: " + _model_title(name)
 
 
 def with_general_ability(row: dict, general: dict[str, dict]) -> dict:
@@ -234,25 +246,49 @@ def general_ability_note(
             elif name not in without:
                 without.append(name)
 
-    def titled(name: str) -> str:
-        return _final_model_title(name).removeprefix("test wF1: ")
-
     lines = [
         f"\ngeneral acc: exact-match accuracy (NFKC, stripped, case-folded) of each final model's greedy answers to "
         f"the {' or '.join(map(str, sizes))} held-out general records (final.general_data.held_out), which no fit "
         "trains on; a retrained model's is its first seed's fit, the one submitted.\n"
     ]
     if with_mixing:
-        listed = "; ".join(f"{titled(name)} ({', '.join(counts)})" for name, counts in with_mixing.items())
+        listed = "; ".join(f"{_model_title(name)} ({', '.join(counts)})" for name, counts in with_mixing.items())
         lines.append(f"- trained with general data mixed in (general records in each variant's fit): {listed}\n")
     if without:
         averaged = " (the weight average of the fold models, which train without it)"
-        listed = "; ".join(titled(name) + (averaged if name == AVERAGE_FOLDS else "") for name in without)
+        listed = "; ".join(_model_title(name) + (averaged if name == AVERAGE_FOLDS else "") for name in without)
         lines.append(f"- trained without general data: {listed}\n")
     if base:
         score = f"{base['accuracy']:.3f} ({base['correct']} of {base['n']})"
         lines.append(f"- the untuned base model, for reference: {score}\n")
     return "".join(lines)
+
+
+# What a step that changed no record did (idle_steps_note).
+IDLE_STEP = {"correction": "correction applied no label", "pseudo": "no pseudo-label was kept"}
+
+
+def idle_steps_note(corrections: dict[str, dict], fits: dict[str, dict[str, dict]]) -> str:
+    """Retrained models whose steps changed no record: correction applied no label and no pseudo-label was kept,
+    so they trained on the no-step model's records and their difference from it is the training's luck alone.
+    ``corrections``: variant -> correction_scores.json; ``fits``: variant -> retrained model -> training_set.json
+    of its first seed's fit. Empty when every step changed something."""
+    idle = []
+    for variant, models in fits.items():
+        applied = corrections.get(variant, {}).get("applied") or 0
+        for name, training_set in models.items():
+            steps = step_set(retrained_steps(name))
+            if not steps or ("correction" in steps and applied) or ("pseudo" in steps and training_set["pseudo"]):
+                continue
+            idle.append(f"{_model_title(name)} ({variant}: {' and '.join(IDLE_STEP[step] for step in steps)})")
+    if not idle:
+        return ""
+    return (
+        f"\nSteps that changed nothing: {'; '.join(idle)}. These fits trained on the no-step model's records, so "
+        "a difference from it is the training's luck alone. The fold models were not sure enough: "
+        "results/<variant>/label_corrections.csv and pseudo_labels.json show what they proposed; "
+        "correction.min_confidence and pseudo.tau set the bar.\n"
+    )
 
 
 def warnings_markdown(warnings: list[str]) -> str:
@@ -282,9 +318,7 @@ def plot_ablation(
     model's mean over its seeds), with the 95% interval of its difference from the no-step model as whiskers
     where there is one, and each seed's fit as a dot (``points``)."""
     columns = ["oof_weighted_f1", *[column for column in table if column.startswith(f"{TEST_F1}.")]]
-    names = ["out-of-fold"] + [
-        _final_model_title(column.removeprefix(f"{TEST_F1}.")).removeprefix("test wF1: ") for column in columns[1:]
-    ]
+    names = ["out-of-fold"] + [_model_title(column.removeprefix(f"{TEST_F1}.")) for column in columns[1:]]
     width = 0.8 / len(columns)
     positions = np.arange(len(table))
     figure, axes = plt.subplots(figsize=(max(6, 2.2 * len(table) * len(columns) / 3), 4.5))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from vlmflow.recipe.steps import AVERAGE_FOLDS, final_round, retrained_model_name
+from vlmflow.recipe.steps import AVERAGE_FOLDS, final_round, retrained_model_name, retrained_steps
 
 RESULTS = "results"
 AVERAGED = AVERAGE_FOLDS  # the folder of the weight-averaged fold model, named as the model
@@ -33,11 +33,25 @@ def training_seeds(configured: list[int] | None, train_seed: int) -> list[int]:
     return list(configured) if configured else [train_seed]
 
 
+def ablation_variants(configured: list[str] | None, variants: list[str]) -> list[str]:
+    """The variants whose final models are the whole ablation, every seed (``final.ablation_variants``); null:
+    all. The others retrain only the submission's combination, with the first seed."""
+    if configured is None:
+        return list(variants)
+    unknown = [name for name in configured if name not in variants]
+    if unknown:
+        raise ValueError(
+            f"final.ablation_variants names {unknown}, which are not variants (the variants are {list(variants)}): "
+            "list some of the variants there, or null for every variant"
+        )
+    return list(configured)
+
+
 def retrained_dir(variant: str, name: str) -> str:
     """The folder of retrained model ``name`` (``retrain_<steps>``): its seeds' fits and what spans them."""
     if not name.startswith(RETRAINED_PREFIX):
         raise ValueError(f"{name!r} is not a retrained model name ({RETRAINED_PREFIX}<steps>)")
-    return f"{RESULTS}/{variant}/{RETRAIN}/{name.removeprefix(RETRAINED_PREFIX)}"
+    return f"{RESULTS}/{variant}/{RETRAIN}/{retrained_steps(name)}"
 
 
 def round_dir(variant: str, steps: str, seed: int, round_: int) -> str:
@@ -54,7 +68,7 @@ def final_model_dir(variant: str, name: str, rounds: int, seed: int | None = Non
         raise ValueError(f"{name!r} is not a final model name ({AVERAGE_FOLDS} or {RETRAINED_PREFIX}<steps>)")
     if seed is None:
         raise ValueError(f"{name} is fitted once per seed: name the seed")
-    steps = name.removeprefix(RETRAINED_PREFIX)
+    steps = retrained_steps(name)
     return round_dir(variant, steps, seed, final_round(steps, rounds))
 
 

@@ -41,3 +41,8 @@ def final_round(name: str, rounds: int) -> int:
 
 def retrained_model_name(steps: str) -> str:
     return f"retrain_{steps}"
+
+
+def retrained_steps(name: str) -> str:
+    """The step combination name of a retrained model's name (``retrained_model_name``'s inverse)."""
+    return name.removeprefix(retrained_model_name(""))
