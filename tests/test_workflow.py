@@ -425,6 +425,14 @@ def test_a_variant_edit_reruns_only_that_variants_jobs_and_no_ocr(demo_run):
     assert {"pretrain_tiny_model", "train_fold", "write_run_config"} <= replanned
     assert not replanned & {"make_demo_dataset", "make_pretrain_corpus", "ingest_records", "merge_ocr"}
     assert not any(rule.startswith("ocr") for rule in replanned)
+    # An edited hyper-parameter retrains every fine-tune of both variants, and draws no prompt again.
+    learning_rate = copy.deepcopy(config)
+    learning_rate["train"]["hyperparameters"]["learning_rate"] = 5.0e-4
+    relearned = planned_jobs(run_snakemake(workdir, learning_rate, "--cores", "2", "-n").stdout)
+    variants = {variant["name"] for variant in config["variants"]}
+    for fit in ("train_fold", "train_final"):
+        assert {wildcards["variant"] for rule, wildcards in relearned if rule == fit} == variants, fit
+    assert not {rule for rule, _ in relearned} & {"build_prompts", "ingest_records", "merge_ocr", "assign_folds"}
     config["variants"][1]["ocr_max_chars"] = 50
     planned = planned_jobs(run_snakemake(workdir, config, "--cores", "2", "-n").stdout)
     assert planned, "changing a variant must rerun something"

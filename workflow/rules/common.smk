@@ -122,13 +122,17 @@ def base_model():
     return [BASE_MODEL] if demo_family(BASE_MODEL) else []
 
 
-def training_settings(wildcards, input):
+def training_settings(wildcards):
     """What every fine-tune (fold or final) trains with, as train_model's arguments: the base model (the
     built demo model's folder, or the configured hub id or path), the family's LLaMA-Factory template
-    and the fine-tuning method, the hyper-parameters, DeepSpeed ranks and the seed."""
+    and the fine-tuning method, the hyper-parameters, DeepSpeed ranks and the seed.
+
+    It takes no ``input``: Snakemake leaves a params function of input, output, threads or resources out of
+    its params rerun trigger, and an edited hyper-parameter must retrain every fine-tune.
+    """
     method = config["train"]["finetuning_type"]
     return {
-        "model": input.base_model[0] if input.base_model else BASE_MODEL,
+        "model": BASE_MODEL,
         "fine_tuning": {
             "template": MODEL_FAMILY.template,
             "finetuning_type": method,
@@ -147,9 +151,9 @@ def fit_seed(wildcards):
     return int(wildcards.seed)
 
 
-def final_training_settings(wildcards, input):
+def final_training_settings(wildcards):
     """training_settings for a retrained fit: LLaMA-Factory trains with the fit's seed (final.seeds)."""
-    return training_settings(wildcards, input) | {"seed": fit_seed(wildcards)}
+    return training_settings(wildcards) | {"seed": fit_seed(wildcards)}
 
 
 def fold_model_folder():

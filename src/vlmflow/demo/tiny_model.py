@@ -81,7 +81,7 @@ def build_tiny_model(
     family: str = "qwen2_vl",
     seed: int = 0,
     text_hidden_size: int = 128,
-    text_layers: int = 4,
+    text_layers: int = 2,
     vision_depth: int = 2,
     vocab_size: int = 4000,
     max_visual_tokens: int = 64,

@@ -75,7 +75,7 @@ class TinySize:
     """The demo's toy dimensions (config demo.model)."""
 
     text_hidden_size: int = 128
-    text_layers: int = 4
+    text_layers: int = 2
     vision_depth: int = 2
 
 
