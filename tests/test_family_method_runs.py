@@ -33,11 +33,20 @@ def method_run_config(workdir, family: str, method: str) -> dict:
     config = small_demo_config(
         workdir,
         variants=[{"name": "baseline"}],
-        demo={"n_train": 30, "n_test": 8, "seed": 5, "image_width": 180, "image_height": 320, "model_family": family},
+        demo={
+            "n_train": 30,
+            "n_test": 8,
+            "seed": 5,
+            "image_width": 180,
+            "image_height": 320,
+            "model_family": family,
+            # Four text layers (the demo's model has two), so that freezing the first two shows.
+            "model": {"text_layers": 4},
+        },
         pseudo={"tau": 0.0, "min_agreeing_folds": 1, "per_class_cap": 2, "rounds": 1},
     )
     config["train"]["finetuning_type"] = method
-    # Two of the tiny model's four layers, so that a frozen layer shows; LoRA with a high rate to move.
+    # Two of the four layers train; LoRA with a high rate to move.
     config["train"]["freeze"] = {"trainable_layers": 2}
     config["train"]["lora"] = {"rank": 4, "alpha": 8}
     return config
