@@ -106,4 +106,4 @@ def test_make_plan_prints_the_plan_of_the_shipped_config():
         env={**os.environ, "SLURM_CONF": str(REPO / "tests/slurm_without_controller.conf")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Run plan: 300 training and 120 test records" in result.stdout
+    assert "Run plan: 250 training and 120 test records" in result.stdout
