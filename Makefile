@@ -13,6 +13,10 @@ SNAKEMAKE_ARGS ?=
 DEMO_CONFIG ?=
 RANKING := oof_weighted_f1
 STAMP := $(VENV)/.installed
+# make test's pytest-xdist workers: two, one per core of a small machine. Much of a test is one process
+# starting (Snakemake, LLaMA-Factory's CLI, imports), which leaves the other core idle. Groups that share a
+# fixture stay on one worker (tests/conftest.py). TEST_WORKERS= runs the suite in one process.
+TEST_WORKERS ?= -n 2 --dist loadscope
 # The vLLM scoring backend's venv (make install-vllm; score.vllm_python points at its Python).
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -98,11 +102,11 @@ demo-teacher: install
 	@cat results/summary.md
 
 test: install install-vllm test-system-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_WORKERS)
 
 # The daily loop: library units and rule-level runs, no fine-tune or whole-workflow run (a few minutes).
 test-fast: install test-system-packages
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(TEST_WORKERS) -m "not slow"
 
 # Costs of the last `make demo` and of the workflow's machinery; see docs/benchmarks.md.
 bench: install

@@ -16,6 +16,7 @@ import yaml
 from vlmflow.data.labels import baseline_prompt, load_labels
 
 from helpers.local_server import free_port, stop_process_group
+from helpers.scheduling import ModulesTogether
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running pytest holds snakemake and the CLIs
@@ -76,6 +77,32 @@ def snakemake_command(workdir: Path, config: dict, *args: str, slurm: bool = Fal
     if not slurm:
         env["SLURM_CONF"] = str(NO_SLURM_CONTROLLER)
     return command, env
+
+
+# The modules whose tests share the session's end-to-end run or its teacher server (the fixtures below).
+END_TO_END_FIXTURES = {"demo_run", "llamafactory_api"}
+END_TO_END_MODULES = {"test_workflow.py", "test_results_pages.py", "test_teacher.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keeps END_TO_END_MODULES true: a test elsewhere that used the shared run would make a second worker
+    run it again (pytest_xdist_make_scheduler)."""
+    strays = {
+        item.path.name
+        for item in items
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())) and item.path.name not in END_TO_END_MODULES
+    }
+    if strays:
+        raise pytest.UsageError(f"{sorted(strays)} use the end-to-end run: add them to END_TO_END_MODULES")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs on pytest-xdist workers with `--dist loadscope`: each module on one worker, so its
+    module-scoped fixtures (a built model, a workflow run) are made once; here also the END_TO_END_MODULES
+    together, so the end-to-end run and its teacher server are made once."""
+    if config.getvalue("dist") == "loadscope":
+        return ModulesTogether(config, log, together=END_TO_END_MODULES, name="end_to_end")
+    return None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from vlmflow.runtime import plan
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 from helpers.variants import make_variant
+from helpers.weights import changed_tensors, text_layers
 
 LABEL_NAMES = [label.name for label in load_labels(REPO / "config" / "labels.yaml")]
 
@@ -180,6 +181,17 @@ def test_every_held_out_and_test_record_gets_one_probability_per_label(demo_run)
         metrics = json.loads((workdir / f"results/{variant}/metrics.json").read_text())
         assert 0.0 <= metrics["oof_weighted_f1"] <= 1.0 and metrics["test_n"] == 12
         assert (workdir / f"results/{variant}/fold0/model/training_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_a_full_fine_tune_trains_every_decoder_layer_and_the_vision_tower(demo_run):
+    """train.finetuning_type full (the default), from the base the fold fine-tune names."""
+    fold = demo_run.workdir / "results/baseline/fold0"
+    base = Path(yaml.safe_load((fold / "llamafactory.yaml").read_text(encoding="utf-8"))["model_name_or_path"])
+    layers = json.loads((base / "config.json").read_text(encoding="utf-8"))["text_config"]["num_hidden_layers"]
+    changed = changed_tensors(base, fold / "model")
+    assert text_layers(changed) == set(range(layers))
+    assert any("visual" in name for name in changed) and any("embed_tokens" in name for name in changed)
 
 
 @pytest.mark.slow
