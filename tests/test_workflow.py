@@ -103,12 +103,19 @@ def test_each_retrained_combination_is_fitted_once_per_seed_its_rounds_chained_w
     assert "retrain/correction_pseudo/seed42/round2/test_probs.parquet" in submission
 
 
-def test_a_variant_outside_final_ablation_variants_retrains_its_submission_model_alone_once(tmp_path):
-    """The shipped config ablates baseline_ocr only: baseline retrains final.steps' combination with the first
-    seed and nothing else, and the summary and its MLflow logging read no other fit of it."""
+@pytest.mark.parametrize("other_variants", ["fold_ensemble", "retrain"])
+def test_a_variant_outside_final_ablation_variants_retrains_its_submission_model_once_or_not_at_all(
+    tmp_path, other_variants
+):
+    """The shipped config ablates baseline_ocr only, and the baseline submits its fold ensemble
+    (final.other_variants fold_ensemble): it retrains nothing. With `retrain` it retrains final.steps'
+    combination with the first seed and nothing else. Neither the summary nor its MLflow logging reads
+    another fit of it."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
     assert config["final"]["ablation_variants"] == ["baseline_ocr"]
+    assert config["final"]["other_variants"] == "fold_ensemble"
+    config["final"]["other_variants"] = other_variants
     first, second = config["final"]["seeds"]
     dry_run = run_snakemake(tmp_path, config, "-n").stdout
     fits = sorted(
@@ -119,10 +126,17 @@ def test_a_variant_outside_final_ablation_variants_retrains_its_submission_model
     ablated = [
         ("baseline_ocr", steps, str(seed)) for steps in ("correction_pseudo", "none") for seed in (first, second)
     ]
-    assert fits == sorted([("baseline", "correction_pseudo", str(first)), *ablated])
+    submission = planned_inputs(dry_run, "write_submission")["variant=baseline"]
     logged = planned_inputs(dry_run, "log_variant_to_mlflow")["variant=baseline"]
-    assert "baseline/retrain/none" not in logged and f"seed{second}" not in logged
-    assert "baseline/retrain/correction_pseudo/seed" in logged
+    if other_variants == "fold_ensemble":
+        assert fits == sorted(ablated)
+        assert "results/baseline/test_probs.parquet" in submission and "retrain" not in submission
+        assert "baseline/retrain" not in logged
+    else:
+        assert fits == sorted([("baseline", "correction_pseudo", str(first)), *ablated])
+        assert f"baseline/retrain/correction_pseudo/seed{first}/round1/test_probs.parquet" in submission
+        assert "baseline/retrain/none" not in logged and f"seed{second}" not in logged
+        assert "baseline/retrain/correction_pseudo/seed" in logged
     blocks = re.split(r"\n(?=(?:local)?rule \w+:)", dry_run)
     summary = next(block for block in blocks if "rule summarize_ablation:" in block)  # a job without wildcards
     assert "baseline/retrain/none" not in summary and "baseline_ocr/retrain/none" in summary

@@ -59,7 +59,8 @@ RETRAINED = list(
 # Final models besides the fold ensemble, by name (their folders: vlmflow.recipe.final_models), and the
 # one the submission comes from.
 RETRAINED_MODELS = [retrained_model_name(steps) for steps in RETRAINED]
-SUBMITTED_MODEL = {"retrain": retrained_model_name(SUBMITTED_STEPS)}.get(
+RETRAINED_SUBMISSION = retrained_model_name(SUBMITTED_STEPS)
+SUBMITTED_MODEL = {"retrain": RETRAINED_SUBMISSION}.get(
     config["final"]["strategy"], config["final"]["strategy"]
 )
 # Each retrained model is fitted once per seed; the first seed's fit makes the submission and is the
@@ -83,10 +84,23 @@ ABLATION_VARIANTS = ablation_variants(
 
 
 def retrained_models(variant):
-    """The retrained models of a variant: the ablation's and the submission's, or the submission's alone."""
+    """The retrained models of a variant: the ablation's and the submission's, the submission's alone, or none
+    (final.other_variants)."""
     if variant in ABLATION_VARIANTS:
         return RETRAINED_MODELS
-    return [SUBMITTED_MODEL] if config["final"]["strategy"] == "retrain" else []
+    submitted = submitted_model(variant)
+    return [submitted] if submitted == RETRAINED_SUBMISSION else []
+
+
+def submitted_model(variant):
+    """The final model a variant's submission comes from: final.strategy's, or the fold ensemble for a variant
+    outside final.ablation_variants when final.other_variants says so."""
+    if (
+        variant not in ABLATION_VARIANTS
+        and config["final"]["other_variants"] == FOLD_ENSEMBLE
+    ):
+        return FOLD_ENSEMBLE
+    return SUBMITTED_MODEL
 
 
 def final_models(variant):
@@ -299,9 +313,10 @@ def retrained_files(variant, name):
 def submission_probabilities(wildcards):
     """Test probabilities of the submitted model: retrained (the first seed's fit), weight-averaged folds, or
     the fold ensemble."""
-    if SUBMITTED_MODEL == FOLD_ENSEMBLE:
+    submitted = submitted_model(wildcards.variant)
+    if submitted == FOLD_ENSEMBLE:
         return f"results/{wildcards.variant}/test_probs.parquet"
-    folder = final_model_dir(wildcards.variant, SUBMITTED_MODEL, ROUNDS, FIRST_SEED)
+    folder = final_model_dir(wildcards.variant, submitted, ROUNDS, FIRST_SEED)
     return f"{folder}/test_probs.parquet"
 
 

@@ -137,7 +137,7 @@ rule summarize_ablation:
         "../../envs/core.yaml"
     params:
         variants=list(VARIANTS),
-        submitted=SUBMITTED_MODEL,
+        submitted={variant: submitted_model(variant) for variant in VARIANTS},
         first_seed=FIRST_SEED,
         min_ocr_text_share=config["ocr"]["min_text_share"],
     script:

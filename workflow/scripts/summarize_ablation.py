@@ -41,7 +41,9 @@ for path in snakemake.input.final_metrics:
     variant, name = final_model_of(path)
     final_models[variant][name] = read_json(path)
 rows = [
-    ablation_row(variant, metrics[variant], corrections[variant], final_models[variant], snakemake.params.submitted)
+    ablation_row(
+        variant, metrics[variant], corrections[variant], final_models[variant], snakemake.params.submitted[variant]
+    )
     for variant in snakemake.params.variants
 ]
 general = {variant: {} for variant in snakemake.params.variants}  # variant -> final model -> general metrics
