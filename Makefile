@@ -15,8 +15,9 @@ RANKING := oof_weighted_f1
 STAMP := $(VENV)/.installed
 # make test's pytest-xdist workers: two, one per core of a small machine. Much of a test is one process
 # starting (Snakemake, LLaMA-Factory's CLI, imports), which leaves the other core idle. Groups that share a
-# fixture stay on one worker (tests/conftest.py). TEST_WORKERS= runs the suite in one process.
-TEST_WORKERS ?= -n 2 --dist loadscope
+# fixture stay on one worker, the longest handed out first (tests/conftest.py). TEST_WORKERS= runs the suite
+# in one process.
+TEST_WORKERS ?= -n 2 --dist loadscope --no-loadscope-reorder
 # The vLLM scoring backend's venv (make install-vllm; score.vllm_python points at its Python).
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed

@@ -82,11 +82,36 @@ def snakemake_command(workdir: Path, config: dict, *args: str, slurm: bool = Fal
 # The modules whose tests share the session's end-to-end run or its teacher server (the fixtures below).
 END_TO_END_FIXTURES = {"demo_run", "llamafactory_api"}
 END_TO_END_MODULES = {"test_workflow.py", "test_results_pages.py", "test_teacher.py"}
+# The modules that take longest after those, longest first (`pytest --durations=0` of the whole suite on two
+# workers, docs/benchmarks.md): collected first, so that the workers are handed them first and the run does not
+# end on one of them alone. A stale list costs only time.
+LONGEST_FIRST = [
+    "test_family_method_runs.py",
+    "test_faults.py",
+    "test_determinism.py",
+    "test_deepspeed.py",
+    "test_tracking_outage.py",
+    "test_gpu_benchmark.py",
+    "test_slurm.py",
+    "test_train.py",
+    "test_learned_nothing.py",
+    "test_keep_fold_models.py",
+]
+
+
+def collection_rank(item: pytest.Item) -> int:
+    """0 for the end-to-end modules, then LONGEST_FIRST's order, then every other module."""
+    name = item.path.name
+    if name in END_TO_END_MODULES:
+        return 0
+    return 1 + LONGEST_FIRST.index(name) if name in LONGEST_FIRST else 1 + len(LONGEST_FIRST)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keeps END_TO_END_MODULES true: a test elsewhere that used the shared run would make a second worker
-    run it again (pytest_xdist_make_scheduler)."""
+    """Orders the modules by collection_rank (a stable sort: a module's own order stays), and keeps
+    END_TO_END_MODULES true: a test elsewhere that used the shared run would make a second worker run it
+    again (pytest_xdist_make_scheduler)."""
+    items.sort(key=collection_rank)
     strays = {
         item.path.name
         for item in items
@@ -97,9 +122,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` runs on pytest-xdist workers with `--dist loadscope`: each module on one worker, so its
-    module-scoped fixtures (a built model, a workflow run) are made once; here also the END_TO_END_MODULES
-    together, so the end-to-end run and its teacher server are made once."""
+    """`make test` runs on pytest-xdist workers with `--dist loadscope --no-loadscope-reorder`: each module on
+    one worker, so its module-scoped fixtures (a built model, a workflow run) are made once, handed out in
+    collection order; here also the END_TO_END_MODULES together, so the end-to-end run and its teacher server
+    are made once."""
     if config.getvalue("dist") == "loadscope":
         return ModulesTogether(config, log, together=END_TO_END_MODULES, name="end_to_end")
     return None
@@ -181,6 +207,9 @@ def demo_run(tmp_path_factory, llamafactory_api) -> DemoRun:
     config["teacher"] |= {"base_url": llamafactory_api.url, "api_key_env": KEY_ENV}
     # The fine-tunes start from the pretrained base, on the least budget, so that its two rules run too.
     config["demo"]["pretrain"] = {"enabled": True, "n_images": 8, "max_steps": 2, "batch_size": 4}
+    # As in the shipped demo, a variant fits no final model and submits its fold ensemble (the OCR variant here:
+    # the baseline's and the taught variant's final fits are the ones the tests read).
+    config["final"] |= {"ablation_variants": ["baseline", "taught"], "other_variants": "fold_ensemble"}
     before = llamafactory_api.completions()
     run_snakemake(workdir, config, "--cores", "2", env={KEY_ENV: KEY})
     return DemoRun(workdir, config, llamafactory_api.completions() - before)
