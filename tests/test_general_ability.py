@@ -193,13 +193,14 @@ def test_a_dry_run_plans_one_evaluation_per_final_model_read_by_the_summary(tmp_
     evaluations = [job.wildcards for job in jobs if job.rule == "evaluate_general_ability"]
     evaluated = {(wildcards["variant"], wildcards["final_model"]) for wildcards in evaluations}
     # The shipped ablation's combinations, each measured on its first seed's fit (the one submitted), for the
-    # variant final.ablation_variants names; the other variant has its submission's combination alone.
+    # variant final.ablation_variants names; the other variant submits its fold ensemble
+    # (final.other_variants), so only its averaged folds are a model to measure.
     first_seed = config["final"]["seeds"][0]
     assert config["final"]["ablation_variants"] == ["baseline_ocr"]
+    assert config["final"]["other_variants"] == "fold_ensemble"
     retrained = [f"retrain/{steps}/seed{first_seed}/round1" for steps in ("none", "correction_pseudo")]
     ablated = {"average_folds", *retrained}
-    submitted_alone = {"average_folds", f"retrain/correction_pseudo/seed{first_seed}/round1"}
-    expected = {("baseline_ocr", model) for model in ablated} | {("baseline", model) for model in submitted_alone}
+    expected = {("baseline_ocr", model) for model in ablated} | {("baseline", "average_folds")}
     assert evaluated == expected
     assert {job.rule for job in jobs} >= {"evaluate_base_general_ability", "summarize_ablation"}
     # Without final.general_data.held_out nothing is measured.
