@@ -29,7 +29,8 @@ export HF_HUB_OFFLINE ?= 1
 
 install: $(STAMP)
 
-# torch first: DeepSpeed builds from source against the installed torch (no build isolation).
+# torch first: DeepSpeed builds from source against the installed torch (no build isolation). Its CPU operations
+# (CPU Adam for ZeRO offload, shared-memory collectives) are compiled here rather than at a first fine-tune.
 $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt requirements/deepspeed.txt pyproject.toml
 	mkdir -p logs && date +%s > logs/install_started
 	bash scripts/install_system_packages.sh font
@@ -40,6 +41,7 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 	$(BIN)/pip install --quiet -r requirements/build.txt
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements/deepspeed.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/build_deepspeed_ops.py
 	echo $$(( $$(date +%s) - $$(cat logs/install_started) )) > $(VENV)/.install_seconds
 	touch $(STAMP)
 

@@ -15,6 +15,7 @@ import yaml
 
 from vlmflow.data.labels import baseline_prompt, load_labels
 
+from helpers.budgets import BUDGETS, BudgetPlugin
 from helpers.local_server import free_port, stop_process_group
 from helpers.scheduling import ModulesTogether
 
@@ -81,29 +82,41 @@ def snakemake_command(workdir: Path, config: dict, *args: str, slurm: bool = Fal
 
 # The modules whose tests share the session's end-to-end run or its teacher server (the fixtures below).
 END_TO_END_FIXTURES = {"demo_run", "llamafactory_api"}
-END_TO_END_MODULES = {"test_workflow.py", "test_results_pages.py", "test_teacher.py"}
+END_TO_END_MODULES = {"test_workflow.py", "test_results_pages.py", "test_teacher.py", "test_determinism.py"}
 # The modules that take longest after those, longest first (`pytest --durations=0` of the whole suite on two
 # workers, docs/benchmarks.md): collected first, so that the workers are handed them first and the run does not
 # end on one of them alone. A stale list costs only time.
 LONGEST_FIRST = [
     "test_family_method_runs.py",
     "test_faults.py",
-    "test_determinism.py",
     "test_deepspeed.py",
     "test_tracking_outage.py",
     "test_gpu_benchmark.py",
     "test_slurm.py",
     "test_train.py",
     "test_learned_nothing.py",
-    "test_keep_fold_models.py",
 ]
 
 
+# The timing file every run writes as its tests end (tests/helpers/budgets.py; tests/test_budgets.py reads it).
+TEST_DURATIONS = REPO / "logs" / "test-durations.json"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(BudgetPlugin(config, BUDGETS, TEST_DURATIONS), "vlmflow-budgets")
+
+
+# Collected last: it reads the timing file of the tests that ended before it.
+LAST = "test_budgets.py"
+
+
 def collection_rank(item: pytest.Item) -> int:
-    """0 for the end-to-end modules, then LONGEST_FIRST's order, then every other module."""
+    """0 for the end-to-end modules, then LONGEST_FIRST's order, then every other module, then LAST."""
     name = item.path.name
     if name in END_TO_END_MODULES:
         return 0
+    if name == LAST:
+        return 2 + len(LONGEST_FIRST)
     return 1 + LONGEST_FIRST.index(name) if name in LONGEST_FIRST else 1 + len(LONGEST_FIRST)
 
 

@@ -257,12 +257,16 @@ def trainer_process_trees(workdir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continues_its_global_step(tmp_path):
+def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continues_its_global_step(
+    tmp_path, trained_fold
+):
     from transformers import Qwen2VLForConditionalGeneration
 
     whole = tmp_path / "whole"
     config = checkpointing_config(whole)
     config["train"] |= {"deepspeed": "z3", "processes": 1}
+    # The same demo data and model as trained_fold's (the same demo settings): built once for the module.
+    shutil.copytree(trained_fold[0] / "resources", whole / "resources")
     run_snakemake(whole, config, "--cores", "2", FOLD_MODEL)  # the uninterrupted reference
     killed = tmp_path / "killed"
     resumed_from, step = kill_after_first_checkpoint(whole, killed, config, trainer_process_trees)

@@ -1,36 +1,62 @@
-"""A run on images whose text no one can read says so at its end and atop its summary."""
+"""One small run, read two ways: images whose text no one can read (the run says so at its end and atop its
+summary), and `train.keep_fold_models: false` (each fold's model folder goes once everything that reads it has
+run). One run rather than two: a workflow run is minutes on 2 cores, and neither setting touches the other."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
 from conftest import run_snakemake, small_demo_config
 
 
-@pytest.mark.slow
-def test_a_run_on_unreadable_images_warns_that_ocr_read_nothing_and_nothing_was_learned(tmp_path):
+@pytest.fixture(scope="module")
+def unreadable_run(tmp_path_factory) -> tuple:
+    """The OCR variant on blurred images, fold models not kept: every target plus the averaged fold model's scores
+    (the fold ensemble submits, so nothing else reads the averaged model)."""
+    workdir = tmp_path_factory.mktemp("unreadable")
     config = small_demo_config(
-        tmp_path,
+        workdir,
         variants=[{"name": "baseline_ocr", "ocr": True}],
         demo={"n_train": 24, "n_test": 6, "seed": 11, "image_width": 180, "image_height": 320},
         final={"strategy": "fold_ensemble", "ablation": [], "steps": []},
+        train={"keep_fold_models": False},
     )
-    run_snakemake(tmp_path, config, "--cores", "2", "resources/demo/images")
+    run_snakemake(workdir, config, "--cores", "2", "resources/demo/images")
     # Every glyph blurred past reading, as a missing font or a wrong image folder would leave them.
-    images = sorted((tmp_path / "resources/demo/images").glob("*.jpg"))
+    images = sorted((workdir / "resources/demo/images").glob("*.jpg"))
     assert len(images) == 30
     for path in images:
         Image.open(path).filter(ImageFilter.GaussianBlur(12)).save(path)
+    averaged = "results/baseline_ocr/average_folds/test_probs.parquet"
+    result = run_snakemake(workdir, config, "--cores", "2", "all", averaged)
+    return workdir, result
 
-    result = run_snakemake(tmp_path, config, "--cores", "2")
-    stages = json.loads((tmp_path / "results/baseline_ocr/accounting/stages.json").read_text(encoding="utf-8"))
+
+@pytest.mark.slow
+def test_a_run_on_unreadable_images_warns_that_ocr_read_nothing_and_nothing_was_learned(unreadable_run):
+    workdir, result = unreadable_run
+    stages = json.loads((workdir / "results/baseline_ocr/accounting/stages.json").read_text(encoding="utf-8"))
     ocr = next(stage for stage in stages["stages"] if stage["stage"] == "ocr")
     assert ocr["records_in"] == 30 and ocr["with_text"] < 15
     said = result.stdout + result.stderr
     assert "WARNING: variant baseline_ocr reads OCR text, but OCR found text in only" in said
     assert "WARNING: variant baseline_ocr learned nothing" in said  # the tiny random model, on blurred images
-    summary = (tmp_path / "results/summary.md").read_text(encoding="utf-8")
+    summary = (workdir / "results/summary.md").read_text(encoding="utf-8")
     assert summary.startswith("## Warnings") and "learned nothing" in summary and "image paths" in summary
+
+
+@pytest.mark.slow
+def test_fold_models_are_removed_once_scored_and_averaged(unreadable_run):
+    workdir, result = unreadable_run
+    for fold in (0, 1):
+        folder = workdir / f"results/baseline_ocr/fold{fold}"
+        assert not (folder / "model").exists(), f"fold {fold}'s model is left on disk"
+        assert len(pd.read_parquet(folder / "test_probs.parquet")) == 6  # its scores stay
+        assert len(pd.read_parquet(folder / "oof_probs.parquet")) > 0
+        assert (folder / "llamafactory.yaml").is_file()
+    assert (workdir / "results/baseline_ocr/average_folds/model/model.safetensors").is_file()
+    assert "Removing temporary output results/baseline_ocr/fold0/model" in result.stdout + result.stderr

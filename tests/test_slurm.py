@@ -102,11 +102,14 @@ def test_reduced_demo_runs_through_slurm_and_logs_folds_to_an_mlflow_server(tmp_
         # Snakemake would submit it only at its next status poll.
         "--jobs",
         "4",
-        # No accounting daemon here, so no sacct; and a short first wait keeps the test quick.
+        # No accounting daemon here, so no sacct. The plugin checks this many seconds after a submission, then
+        # 10 s longer each time it finds nothing finished (6, 22, 48 s): the chain's short jobs take 4 to 6 s here
+        # and its fold fine-tunes about 35 s, so 6 sees most of them at the first check (1 took 12 s a short job and
+        # 64 s a fine-tune; 5 took 20 s and 45 s).
         "--slurm-status-command",
         "squeue",
         "--slurm-init-seconds-before-status-checks",
-        "5",
+        "6",
         "--slurm-keep-successful-logs",
         "results/baseline/submission.csv",  # last: options before it take lists of values
         slurm=True,
