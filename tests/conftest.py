@@ -75,9 +75,13 @@ def snakemake_command(workdir: Path, config: dict, *args: str, slurm: bool = Fal
         *args,
     ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    if not slurm:
-        env["SLURM_CONF"] = str(NO_SLURM_CONTROLLER)
-    return command, env
+    return command, env if slurm else without_slurm_controller(env)
+
+
+def without_slurm_controller(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) for a Snakemake that is not to use SLURM: where SLURM's client is installed
+    but no controller answers (this machine between SLURM tests), the SLURM plugin otherwise waits 10 s at start."""
+    return {**(os.environ if env is None else env), "SLURM_CONF": str(NO_SLURM_CONTROLLER)}
 
 
 # The modules whose tests share the session's end-to-end run or its teacher server (the fixtures below).

@@ -26,7 +26,15 @@ from vlmflow.tracking.runs import (
     start_variant_run,
 )
 
-from conftest import BIN, NO_SLURM_CONTROLLER, REPO, SMALL_TRAINING, run_snakemake, small_demo_config, snakemake_command
+from conftest import (
+    BIN,
+    REPO,
+    SMALL_TRAINING,
+    run_snakemake,
+    small_demo_config,
+    snakemake_command,
+    without_slurm_controller,
+)
 from helpers.local_server import free_port
 
 FAILS_ONCE = """
@@ -45,9 +53,7 @@ rule flaky:
 def test_a_transiently_failing_job_is_retried_by_the_default_profile(tmp_path):
     (tmp_path / "Snakefile").write_text(FAILS_ONCE, encoding="utf-8")
     command = [str(BIN / "snakemake"), "--profile", str(REPO / "profiles/default"), "--cores", "1"]
-    # As every Snakemake of the tests: the SLURM plugin's start-up probe gives up at once (tests/conftest.py).
-    env = {**os.environ, "SLURM_CONF": str(NO_SLURM_CONTROLLER)}
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=without_slurm_controller())
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "done.txt").read_text() == "ok\n"
     assert (tmp_path / "attempts.txt").read_text().count("attempt") == 2

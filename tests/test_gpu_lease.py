@@ -15,7 +15,7 @@ import pytest
 
 from vlmflow.runtime.gpu_lease import POOL_VARIABLE, gpu_pool, lease_gpus
 
-from conftest import BIN
+from conftest import BIN, without_slurm_controller
 
 POOL = "0,1,2,3"
 
@@ -198,7 +198,7 @@ def test_snakemake_jobs_never_share_a_device(tmp_path):
     gpus = {f"job{index}": 2 if index % 3 == 0 else 1 for index in range(10)}
     (tmp_path / "Snakefile").write_text(SNAKEFILE.format(gpus=gpus))
     (tmp_path / "hold_gpus.py").write_text(textwrap.dedent(HOLD_SCRIPT))
-    env = {**os.environ, POOL_VARIABLE: POOL, "VLMFLOW_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    env = without_slurm_controller({**os.environ, POOL_VARIABLE: POOL, "VLMFLOW_GPU_LOCK_DIR": str(tmp_path / "locks")})
     command = [str(BIN / "snakemake"), "--cores", "8", "--resources", "gpu=4", "--directory", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
