@@ -88,17 +88,21 @@ def without_slurm_controller(env: dict | None = None) -> dict:
 END_TO_END_FIXTURES = {"demo_run", "llamafactory_api"}
 END_TO_END_MODULES = {"test_workflow.py", "test_results_pages.py", "test_teacher.py", "test_determinism.py"}
 # The modules that take longest after those, longest first (`pytest --durations=0` of the whole suite on two
-# workers, docs/benchmarks.md): collected first, so that the workers are handed them first and the run does not
-# end on one of them alone. A stale list costs only time.
+# workers, 2026-12-07, docs/benchmarks.md): collected first, so that the workers are handed them first and the run
+# does not end on one of them alone. A stale list costs only time.
 LONGEST_FIRST = [
-    "test_family_method_runs.py",
     "test_faults.py",
-    "test_deepspeed.py",
+    "test_family_method_runs.py",
     "test_tracking_outage.py",
-    "test_gpu_benchmark.py",
     "test_slurm.py",
-    "test_train.py",
     "test_learned_nothing.py",
+    "test_deepspeed.py",
+    "test_vllm_backend.py",
+    "test_gpu_benchmark.py",
+    "test_train.py",
+    "test_scoring.py",
+    "test_general_ability.py",
+    "test_pretrain.py",
 ]
 
 

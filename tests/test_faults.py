@@ -103,6 +103,7 @@ def trainer_processes(workdir: Path) -> list[int]:
 
 
 FOLD_MODEL = "results/baseline/fold0/model"
+DEMO_MODEL = "resources/demo/tiny-qwen2-vl"
 
 
 def checkpointing_config(workdir: Path) -> dict:
@@ -204,9 +205,11 @@ def test_a_killed_fine_tune_resumes_from_its_last_checkpoint(tmp_path, trained_f
 
 
 @pytest.mark.slow
-def test_an_unreachable_tracking_server_does_not_stop_training_and_is_reported_at_the_end(tmp_path):
+def test_an_unreachable_tracking_server_does_not_stop_training_and_is_reported_at_the_end(tmp_path, trained_fold):
     server = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     config = small_demo_config(tmp_path, variants=[{"name": "baseline"}], mlflow={"tracking_uri": server})
+    # trained_fold's tiny model: the same demo seed and model settings (its data has more test records).
+    shutil.copytree(trained_fold[0] / DEMO_MODEL, tmp_path / DEMO_MODEL)
     result = run_snakemake(tmp_path, config, "--cores", "2", "results/baseline/fold0/mlflow_run.json")
 
     assert f"the tracking server {server} could not be reached" in result.stderr
