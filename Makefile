@@ -108,7 +108,7 @@ test: install install-vllm test-system-packages
 	$(BIN)/python -m pytest $(TEST_WORKERS)
 
 # The daily loop: library units and rule-level runs, no fine-tune or whole-workflow run (a few minutes).
-test-fast: install test-system-packages
+test-fast: install install-vllm test-system-packages
 	$(BIN)/python -m pytest $(TEST_WORKERS) -m "not slow"
 
 # Costs of the last `make demo` and of the workflow's machinery; see docs/benchmarks.md.
