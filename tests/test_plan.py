@@ -13,7 +13,7 @@ import yaml
 
 from vlmflow.runtime.plan import ModelSize, RecordCounts, make_plan
 
-from conftest import REPO, small_demo_config, without_slurm_controller
+from conftest import NO_SLURM_CONTROLLER, REPO, small_demo_config
 
 # config.json of Qwen2-VL-7B-Instruct (the recipe's model) as published: shapes only, no weights.
 QWEN2_VL_7B = REPO / "tests" / "data" / "qwen2_vl_7b_config.json"
@@ -31,7 +31,7 @@ def seven_b(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_slurm_controller(monkeypatch):
     """make_plan's `snakemake -n` runs in this process's environment (tests/conftest.py without_slurm_controller)."""
-    monkeypatch.setenv("SLURM_CONF", without_slurm_controller()["SLURM_CONF"])
+    monkeypatch.setenv("SLURM_CONF", str(NO_SLURM_CONTROLLER))
 
 
 def plan_in(workdir, config: dict):

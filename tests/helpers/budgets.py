@@ -95,9 +95,9 @@ def over_budget(record: dict, budgets: Budgets) -> list[str]:
     """One line per test or fixture of ``record`` (the timing file's contents) over its budget, slowest first."""
     factor = record["machine_factor"]
     found = [
-        (seconds, f"test {nodeid}: {seconds:.1f} s, budget {budgets.for_test(nodeid) * factor:.1f} s")
+        (seconds, f"test {nodeid}: {seconds:.1f} s, budget {budget:.1f} s")
         for nodeid, seconds in record["tests"].items()
-        if seconds > budgets.for_test(nodeid) * factor
+        if seconds > (budget := budgets.for_test(nodeid) * factor)
     ]
     found += [
         (seconds, f"fixture {name} (set up for {first}): {seconds:.1f} s, budget {budget:.1f} s")
@@ -118,7 +118,7 @@ class BudgetPlugin:
         """``factor`` fixes the machine factor instead of measuring it (the plugin's own tests)."""
         self.budgets, self.record_path = budgets, record_path
         self.is_controller = not hasattr(config, "workerinput")
-        self.record = {"machine_factor": 1.0, "tests": {}, "fixtures": {}}
+        self.record = {"machine_factor": None, "tests": {}, "fixtures": {}}  # the factor: the controller's
         self.setting_up: list[list[float]] = []  # scoped fixtures being set up: [started, seconds nested in it]
         self.fixture_seconds: dict[str, float] = {}  # of the test being set up: own seconds per scoped fixture
         self.over: list[str] = []
