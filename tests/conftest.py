@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,41 @@ def without_slurm_controller(env: dict | None = None) -> dict:
     """``env`` (default: this process's) for a Snakemake that is not to use SLURM: where SLURM's client is installed
     but no controller answers (this machine between SLURM tests), the SLURM plugin otherwise waits 10 s at start."""
     return {**(os.environ if env is None else env), "SLURM_CONF": str(NO_SLURM_CONTROLLER)}
+
+
+class DemoModels:
+    """The demo's tiny models, built once per worker and copied into a test's working directory, where the run
+    finds rule build_tiny_model's output present and starts from it. The end-to-end run and the determinism run
+    build theirs through the rule; the runs that test something else save the build (about 15 s a run)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def into(self, workdir: Path, config: dict) -> None:
+        """Put the tiny model the run of ``config`` would build into ``workdir`` (nothing for a model of its own)."""
+        from vlmflow.demo.tiny_model import build_demo_model
+        from vlmflow.model.families import base_model
+        from vlmflow.runtime.plan import load_config
+
+        resolved = load_config([], config)
+        if resolved["model"]["name_or_path"] is not None:
+            return
+        target, family = base_model(None, resolved["demo"]["model_family"])
+        demo = resolved["demo"]
+        key = f"{family.model_type}-{demo['seed']}-" + "-".join(f"{k}{v}" for k, v in sorted(demo["model"].items()))
+        built = self.folder / key
+        if not built.exists():
+            staging = self.folder / f"{key}.partial"
+            build_demo_model(
+                staging, resolved["labels"], family=family.model_type, seed=demo["seed"], size=demo["model"]
+            )
+            staging.rename(built)
+        shutil.copytree(built, workdir / target)  # copy2 keeps the build's times: newer than the labels file
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> DemoModels:
+    return DemoModels(tmp_path_factory.mktemp("demo_models"))
 
 
 # The modules whose tests share the session's end-to-end run or its teacher server (the fixtures below).

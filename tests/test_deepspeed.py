@@ -13,11 +13,14 @@ from conftest import run_snakemake, small_demo_config
 
 
 @pytest.mark.slow
-def test_two_rank_zero3_offload_fold_trains_through_the_rule_saves_changed_16bit_weights_and_scores(tmp_path):
+def test_two_rank_zero3_offload_fold_trains_through_the_rule_saves_changed_16bit_weights_and_scores(
+    tmp_path, demo_models
+):
     """One run rather than two (one rank with offload, two ranks without): the ranks shard the model under ZeRO-3
     and each offloads its optimizer states and parameters to the host, where DeepSpeed's CPU Adam steps them."""
     config = small_demo_config(tmp_path, variants=[{"name": "baseline"}])
     config["train"] |= {"deepspeed": "z3_offload", "processes": 2}
+    demo_models.into(tmp_path, config)
     run_snakemake(tmp_path, config, "--cores", "2", "results/baseline/fold0/oof_probs.parquet")
 
     fold = tmp_path / "results/baseline/fold0"

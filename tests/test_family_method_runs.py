@@ -57,10 +57,11 @@ def method_run_config(workdir, family: str, method: str) -> dict:
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda run: f"{run[0]}-{run[1]}")
-def method_run(request, tmp_path_factory):
+def method_run(request, tmp_path_factory, demo_models):
     family, method = request.param
     workdir = tmp_path_factory.mktemp(f"{family}-{method}")
     config = method_run_config(workdir, family, method)
+    demo_models.into(workdir, config)
     run_snakemake(workdir, config, "--cores", "2", "results/baseline/mlflow_logged.json")
     return workdir, family, method
 

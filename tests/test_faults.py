@@ -118,10 +118,11 @@ def checkpointing_config(workdir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained_fold(tmp_path_factory):
+def trained_fold(tmp_path_factory, demo_models):
     """One fold fine-tuned without interruption, checkpointing every 2 of its 10 steps: the reference."""
     workdir = tmp_path_factory.mktemp("whole")
     config = checkpointing_config(workdir)
+    demo_models.into(workdir, config)
     run_snakemake(workdir, config, "--cores", "2", FOLD_MODEL)
     return workdir, config
 

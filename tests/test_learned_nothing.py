@@ -14,7 +14,7 @@ from conftest import run_snakemake, small_demo_config
 
 
 @pytest.fixture(scope="module")
-def unreadable_run(tmp_path_factory) -> tuple:
+def unreadable_run(tmp_path_factory, demo_models) -> tuple:
     """The OCR variant on blurred images, fold models not kept: every target plus the averaged fold model's scores
     (the fold ensemble submits, so nothing else reads the averaged model)."""
     workdir = tmp_path_factory.mktemp("unreadable")
@@ -25,6 +25,7 @@ def unreadable_run(tmp_path_factory) -> tuple:
         final={"strategy": "fold_ensemble", "ablation": [], "steps": []},
         train={"keep_fold_models": False},
     )
+    demo_models.into(workdir, config)
     run_snakemake(workdir, config, "--cores", "2", "resources/demo/images")
     # Every glyph blurred past reading, as a missing font or a wrong image folder would leave them.
     images = sorted((workdir / "resources/demo/images").glob("*.jpg"))

@@ -83,7 +83,9 @@ def profile_for_this_node(folder):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_reduced_demo_runs_through_slurm_and_logs_folds_to_an_mlflow_server(tmp_path, slurm_cluster, mlflow_server):
+def test_reduced_demo_runs_through_slurm_and_logs_folds_to_an_mlflow_server(
+    tmp_path, slurm_cluster, mlflow_server, demo_models
+):
     config = small_demo_config(
         tmp_path,
         variants=[{"name": "baseline"}],
@@ -92,6 +94,7 @@ def test_reduced_demo_runs_through_slurm_and_logs_folds_to_an_mlflow_server(tmp_
         mlflow={"tracking_uri": mlflow_server},
     )
     workdir = tmp_path / "run"
+    demo_models.into(workdir, config)
     # Up to the submission only: every further rule is one more sbatch job and status poll (~30 s each).
     result = run_snakemake(
         workdir,

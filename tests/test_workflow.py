@@ -619,3 +619,14 @@ def test_every_name_a_script_reads_is_declared_by_each_rule_that_runs_it():
         for rule, body in rules[path.name]:
             for section, name in used:
                 assert name in declared_names(body + "\n", section), f"{path.name} in rule {rule}: {section}.{name}"
+
+
+def test_the_tests_prebuilt_demo_model_is_the_rules_build(demo_run, demo_models, tmp_path):
+    """The runs that copy in a prebuilt tiny model (conftest.DemoModels) start from what rule build_tiny_model
+    builds for their config: file for file, byte for byte."""
+    demo_models.into(tmp_path, demo_run.config)
+    built = demo_run.workdir / "resources/demo/tiny-qwen2-vl"
+    copied = tmp_path / "resources/demo/tiny-qwen2-vl"
+    names = sorted(path.name for path in built.iterdir())
+    assert names == sorted(path.name for path in copied.iterdir()) and "model.safetensors" in names
+    assert all((built / name).read_bytes() == (copied / name).read_bytes() for name in names)

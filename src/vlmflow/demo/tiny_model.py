@@ -142,3 +142,14 @@ def build_tiny_model(
         out_dir,
     )
     return out_dir
+
+
+def build_demo_model(out_dir: str | Path, labels_file: str | Path, *, family: str, seed: int, size: dict) -> Path:
+    """The demo's tiny model of ``family`` as rule build_tiny_model builds it: its tokenizer trained on the
+    prompts of ``labels_file`` and the demo's vocabulary, its dimensions config demo.model (``size``)."""
+    from vlmflow.data.labels import baseline_prompt, described_prompt, load_labels
+    from vlmflow.demo.dataset import demo_vocabulary
+
+    labels = load_labels(labels_file)
+    corpus = [baseline_prompt(labels), described_prompt(labels), *demo_vocabulary()]
+    return build_tiny_model(out_dir, corpus, family=family, seed=seed, **size)
