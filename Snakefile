@@ -38,6 +38,10 @@ rule all:
         all_targets(),
 
 
+onstart:
+    tell_ocr_jobs()
+
+
 # An MLflow server that could not be reached is said last, where it is seen (vlmflow.tracking.offline).
 onsuccess:
     tell_if_mlflow_was_offline()

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import unicodedata
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vlmflow.data.ocr import (
     OcrResult,
     make_ocr_engine,
     ocr_images,
+    ocr_jobs,
     paddle_model_name,
     reading_order,
     select_shard,
@@ -227,3 +229,29 @@ def test_text_by_record_maps_ids_through_image_sha256():
     table = pd.DataFrame({"image_sha256": ["s1"], "text": ["退款成功"]})
     assert text_by_record(records, table) == {"r1": "退款成功", "r2": "退款成功", "r3": ""}
     assert text_by_record(records, None) == {"r1": "", "r2": "", "r3": ""}
+
+
+def test_ocr_jobs_follow_the_cores_given_unless_set_and_keep_an_earlier_runs_count():
+    assert ocr_jobs(None, None, cores=32) == (32, 1)  # a 32-core server: 32 jobs of one thread
+    assert ocr_jobs(4, None, cores=32) == (4, 8)  # set shards: the cores shared among them
+    assert ocr_jobs(None, 2, cores=32) == (32, 2)  # set threads: kept as set
+    assert ocr_jobs(None, None, cores=None) == (4, 1)  # a cluster executor gives no core count
+    assert ocr_jobs(None, None, cores=32, existing_shards=3) == (3, 10)  # the OCR already made is kept
+    assert ocr_jobs(6, 1, cores=32, existing_shards=3) == (6, 1)  # an explicit count wins
+
+
+def test_the_workflow_splits_ocr_over_the_cores_given_and_says_so_at_start(tmp_path):
+    from conftest import run_snakemake, small_demo_config
+
+    config = small_demo_config(tmp_path)
+    config["ocr"] = {key: value for key, value in config["ocr"].items() if key != "shards"}  # the default
+    planned = run_snakemake(tmp_path, config, "-n", "--cores", "3", "results/ocr/ocr.parquet").stdout
+    assert re.search(r"^ocr_shard\s+3$", planned, re.M), planned
+    started = run_snakemake(tmp_path, config, "--cores", "3", "resources/demo/train.json")
+    assert "OCR: 3 jobs of 1 thread(s) each, for 3 cores given" in started.stderr
+    (tmp_path / "results/ocr").mkdir(parents=True)
+    for shard in range(2):  # an earlier run's shards, made with --cores 2
+        (tmp_path / f"results/ocr/shard{shard}.parquet").touch()
+    replanned = run_snakemake(tmp_path, config, "-n", "--cores", "3", "results/ocr/ocr.parquet").stdout
+    # merge_ocr reads the two shards there are, not three.
+    assert "results/ocr/shard1.parquet" in replanned and "shard2.parquet" not in replanned

@@ -2,12 +2,15 @@
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 # common.smk imports the library straight from src/; jobs import the installed one (`make install`).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vlmflow.model.families import base_model as resolve_base_model
 from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
+from vlmflow.data.ocr import ocr_jobs
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.tracking.offline import pending_notice, unreachable_notice
 from vlmflow.recipe.final_models import (
@@ -217,6 +220,32 @@ def ocr_table_if_needed(wildcards):
     if VARIANT[wildcards.variant].reads_ocr(teacher=teacher_configured()):
         return "results/ocr/ocr.parquet"
     return []
+
+
+def run_cores():
+    """The cores this run was given (--cores), or None where it gave none (a cluster executor)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
+# The OCR jobs and each one's threads (vlmflow.data.ocr.ocr_jobs), decided once: the rules and the start message.
+OCR_SHARDS, OCR_THREADS = ocr_jobs(
+    config["ocr"]["shards"],
+    config["ocr"]["threads"],
+    run_cores(),
+    existing_shards=len(list(Path("results/ocr").glob("shard*.parquet"))),
+)
+
+
+def tell_ocr_jobs():
+    """Print, as a run starts, how the OCR is split over the cores it was given."""
+    print(
+        f"OCR: {OCR_SHARDS} jobs of {OCR_THREADS} thread(s) each, for {run_cores() or 'no'} cores given "
+        "(config ocr.shards, ocr.threads)",
+        file=sys.stderr,
+    )
 
 
 def ocr_engine_options():

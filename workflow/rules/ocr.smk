@@ -1,4 +1,5 @@
-# OCR of every distinct image of both splits, in shards (one job per core), cached by image sha256.
+# OCR of every distinct image of both splits, in shards (one job per core given, common.smk OCR_SHARDS), cached
+# by image sha256.
 # Prompt variants never reach these rules' params, so toggling a variant reruns no OCR job.
 
 
@@ -14,21 +15,19 @@ rule ocr_shard:
     priority: FOLD_WORK_PRIORITY
     conda:
         "../../envs/ocr.yaml"
-    threads: config["ocr"]["threads"]
+    threads: OCR_THREADS
     params:
         engine=config["ocr"]["engine"],
         engine_options=ocr_engine_options(),
         cache_dir=config["ocr"]["cache_dir"],
-        shards=config["ocr"]["shards"],
+        shards=OCR_SHARDS,
     script:
         "../scripts/ocr_shard.py"
 
 
 rule merge_ocr:
     input:
-        shards=expand(
-            "results/ocr/shard{shard}.parquet", shard=range(config["ocr"]["shards"])
-        ),
+        shards=expand("results/ocr/shard{shard}.parquet", shard=range(OCR_SHARDS)),
     output:
         text="results/ocr/ocr.parquet",
     log:

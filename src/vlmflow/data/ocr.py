@@ -260,6 +260,23 @@ class OcrCache:
         write_text_atomically(path, json.dumps(entry, ensure_ascii=False))
 
 
+# OCR jobs when the run gives no core count (a cluster executor): its nodes take them as they come.
+OCR_JOBS_WITHOUT_CORES = 4
+
+
+def ocr_jobs(shards: int | None, threads: int | None, cores: int | None, existing_shards: int = 0) -> tuple[int, int]:
+    """How many OCR jobs the run makes and how many threads each: config ocr.shards and ocr.threads where set.
+    Otherwise one job per core the run is given (--cores), each with the cores left over; an engine with one thread
+    per job keeps more cores busy than one job with many (RapidOCR's small models barely use a second thread). A
+    run that already holds shard files keeps their count: other --cores then redo no OCR and nothing after it."""
+    cores = cores or OCR_JOBS_WITHOUT_CORES
+    if shards is None:
+        shards = existing_shards or cores
+    if threads is None:
+        threads = max(1, cores // shards)
+    return shards, threads
+
+
 def select_shard(table: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
     """The distinct images with ``int(sha256, 16) % n_shards == shard``: stable across runs and datasets."""
     if n_shards < 1 or not 0 <= shard < n_shards:
