@@ -621,6 +621,7 @@ def test_every_name_a_script_reads_is_declared_by_each_rule_that_runs_it():
                 assert name in declared_names(body + "\n", section), f"{path.name} in rule {rule}: {section}.{name}"
 
 
+@pytest.mark.slow
 def test_the_tests_prebuilt_demo_model_is_the_rules_build(demo_run, demo_models, tmp_path):
     """The runs that copy in a prebuilt tiny model (conftest.DemoModels) start from what rule build_tiny_model
     builds for their config: file for file, byte for byte."""
