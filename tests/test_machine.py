@@ -1,0 +1,334 @@
+"""The machine check before the first GPU job (issue 28, item 2): each problem it names, read from its message.
+
+The machines are recorded: a fake ``nvidia-smi`` first on PATH prints what a 4 x A30 (24 GB), an 8 x H100 (80 GB)
+and an old-driver machine print; flash-attn, DeepSpeed's op builder and the vLLM venv are stood in for. The needs
+are written here in ``memory.job_needs``'s form, so the check is tested apart from the memory model.
+"""
+
+import importlib.util
+import json
+import shutil
+import sys
+import types
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from vlmflow.runtime import machine
+from vlmflow.runtime.machine import (
+    Gpu,
+    MachineFacts,
+    MachineRequest,
+    check_machine,
+    examine,
+    host_memory_mb,
+    log_report_to_mlflow,
+    offloads_optimizer,
+    probe_cpu_adam,
+    probe_gpus,
+    probe_machine,
+    probe_vllm,
+)
+
+from conftest import BIN, REPO, run_snakemake, small_demo_config
+
+# What `nvidia-smi --query-gpu=driver_version,name,memory.total,memory.free --format=csv,noheader,nounits` prints.
+A30_MACHINE = "535.104.05, NVIDIA A30, 24576, 24060\n" * 4
+H100_MACHINE = "580.95.05, NVIDIA H100 80GB HBM3, 81559, 81008\n" * 8
+OLD_DRIVER_MACHINE = "470.199.02, NVIDIA A100-SXM4-80GB, 81920, 81038\n" * 8
+GB = 1024
+HOST_120_GB = 120 * GB
+CUDA_12 = ("2.5.1+cu124", "12.4")  # a torch built for CUDA 12, which the A30 machine's 535 driver runs
+
+# One 7B fine-tune with ZeRO-3 offload on one GPU, and the ways of training it, smallest card first.
+FULL_Z3_OFFLOAD = {"method": "full", "deepspeed": "z3_offload", "gpus": 1, "gpu_mb": 20 * GB, "host_mb": 110 * GB}
+LORA_NONE = {"method": "lora", "deepspeed": "none", "gpus": 1, "gpu_mb": 19 * GB, "host_mb": 30 * GB}
+FULL_Z3_ACROSS_4 = {"method": "full", "deepspeed": "z3", "gpus": 4, "gpu_mb": 40 * GB, "host_mb": 60 * GB}
+FULL_Z2 = {"method": "full", "deepspeed": "z2", "gpus": 1, "gpu_mb": 140 * GB, "host_mb": 40 * GB}
+SCORING = {"gpus": 1, "gpu_mb": 18 * GB, "host_mb": 20 * GB}
+
+
+def needs_of(fine_tune: dict, scoring: dict = SCORING) -> dict:
+    """Needs in job_needs' form: the configured fine-tune, one scoring job and every alternative."""
+    return {
+        "fine_tune": fine_tune,
+        "scoring": scoring,
+        "alternatives": [LORA_NONE, FULL_Z3_OFFLOAD, FULL_Z3_ACROSS_4, FULL_Z2],
+    }
+
+
+def request_of(**settings) -> MachineRequest:
+    return MachineRequest(**{"gpus_per_run": 1, "deepspeed": "z3_offload", **settings})
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path, monkeypatch):
+    """Put an nvidia-smi printing ``recorded`` (and its ``-L`` listing) first on PATH; return its folder."""
+    monkeypatch.delenv("VLMFLOW_GPU_POOL", raising=False)  # the pool is every card nvidia-smi lists
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def install(recorded: str) -> str:
+        folder = tmp_path / "fake-bin"
+        folder.mkdir(exist_ok=True)
+        (folder / "recorded.csv").write_text(recorded, encoding="utf-8")
+        listing = "".join(
+            f"GPU {index}: {line.split(', ')[1]} (UUID: GPU-{index})\n"
+            for index, line in enumerate(recorded.splitlines())
+        )
+        (folder / "listing.txt").write_text(listing, encoding="utf-8")
+        script = folder / "nvidia-smi"
+        script.write_text(
+            f'#!/bin/sh\nif [ "$1" = "-L" ]; then cat {folder}/listing.txt; else cat {folder}/recorded.csv; fi\n',
+            encoding="utf-8",
+        )
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{folder}:{BIN}:/usr/bin:/bin")
+        return str(folder)
+
+    return install
+
+
+@pytest.fixture
+def recorded_machine(fake_nvidia_smi, monkeypatch):
+    """The facts probe_machine gathers on a recorded machine, with 120 GB of host memory and ``torch_cuda``."""
+
+    def facts(recorded: str, request: MachineRequest, torch=CUDA_12) -> MachineFacts:
+        fake_nvidia_smi(recorded)
+        monkeypatch.setattr(machine, "host_memory_mb", lambda: HOST_120_GB)
+        monkeypatch.setattr(machine, "probe_torch", lambda: torch)
+        return probe_machine(request)
+
+    return facts
+
+
+def fake_deepspeed(monkeypatch, *, compatible=True, error=None):
+    """Stand in for DeepSpeed's accelerator and its CPUAdamBuilder, whose load raises ``error``."""
+
+    class Builder:
+        def is_compatible(self):
+            return compatible
+
+        def load(self, verbose=True):
+            if error is not None:
+                raise error
+
+    accelerator = types.SimpleNamespace(create_op_builder=lambda name: Builder(), device_name=lambda: "cuda")
+    module = types.ModuleType("deepspeed.accelerator")
+    module.get_accelerator = lambda: accelerator
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.accelerator", module)
+
+
+def fake_python(tmp_path, body: str) -> str:
+    """A stand-in for the vLLM venv's python, running ``body`` as a shell script."""
+    python = tmp_path / "vllm-venv" / "python"
+    python.parent.mkdir(exist_ok=True)
+    python.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_the_probe_reads_the_recorded_machines(fake_nvidia_smi):
+    fake_nvidia_smi(A30_MACHINE)
+    driver, gpus, error = probe_gpus()
+    assert (driver, error) == ("535.104.05", None)
+    assert gpus == (Gpu("NVIDIA A30", 24576, 24060),) * 4
+    fake_nvidia_smi(H100_MACHINE)
+    driver, gpus, error = probe_gpus()
+    assert driver == "580.95.05" and len(gpus) == 8 and gpus[0].memory_mb == 81559
+
+
+def test_a_machine_that_fits_passes_and_lists_what_else_fits(recorded_machine):
+    request = request_of()
+    facts = recorded_machine(A30_MACHINE, request)
+    assert facts.pool == ("0", "1", "2", "3") and facts.host_mb == HOST_120_GB
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), facts, request)
+    assert report.status == "ok" and report.problems == []
+    assert report.fits == [LORA_NONE, FULL_Z3_OFFLOAD]  # z3 across 4 needs 40 GB cards, z2 a 140 GB one
+    assert json.loads(json.dumps(report.as_json()))["facts"]["gpus"][0]["name"] == "NVIDIA A30"
+
+
+def test_an_old_driver_names_the_driver_torchs_cuda_needs(recorded_machine):
+    request = request_of(deepspeed="z3")
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(OLD_DRIVER_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "NVIDIA driver 470.199.02 is too old for torch 2.5.1+cu124, built with CUDA 12.4" in problem
+    assert "525.60.13 or newer" in problem and "update the driver to 525 or newer" in problem
+    # The pinned torch (requirements/torch.txt, CUDA 13.0) on the A30 machine's 535 driver: it needs 580.
+    report = check_machine(
+        needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request, torch=("2.11.0+cu130", "13.0")), request
+    )
+    (problem,) = report.problems
+    assert "CUDA 13.x needs driver 580.65.06 or newer" in problem
+
+
+def test_fewer_gpus_than_one_job_needs(recorded_machine):
+    request = request_of(gpus_per_run=8, deepspeed="z3")
+    fine_tune = {**FULL_Z3_ACROSS_4, "gpus": 8, "gpu_mb": 12 * GB}
+    report = check_machine(needs_of(fine_tune), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "One fine-tune needs 8 GPUs (train.gpus_per_run: 8) but this machine gives jobs 4" in problem
+    assert "nvidia-smi lists 4 x NVIDIA A30" in problem and "set train.gpus_per_run to 4 or fewer" in problem
+
+
+def test_a_card_too_small_names_the_method_and_stage_that_fit(recorded_machine):
+    request = request_of(deepspeed="z2")
+    report = check_machine(needs_of(FULL_Z2), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "One fine-tune (train.finetuning_type: full, train.deepspeed: z2, train.gpus_per_run: 1)" in problem
+    assert "needs 143,360 MB on each GPU, but the smallest card here, NVIDIA A30, has 24,576 MB" in problem
+    assert "choose one that fits this machine: train.finetuning_type: lora, train.deepspeed: none" in problem
+    assert "or train.finetuning_type: full, train.deepspeed: z3_offload, train.gpus_per_run: 1 (20,480 MB" in problem
+
+
+def test_host_memory_below_one_jobs_need(recorded_machine):
+    request = request_of()
+    fine_tune = {**FULL_Z3_OFFLOAD, "host_mb": 240 * GB}  # what profiles/slurm sizes one 7B offload fine-tune at
+    report = check_machine(needs_of(fine_tune), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "needs 245,760 MB of host memory, but this machine has 122,880 MB (MemTotal)" in problem
+    assert "train.finetuning_type: lora, train.deepspeed: none" in problem
+
+
+def test_fa2_without_flash_attn(recorded_machine, monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn raises ImportError
+    request = request_of(flash_attn="fa2")
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "train.hyperparameters.flash_attn is fa2, but flash_attn cannot be imported (ModuleNotFoundError" in problem
+    assert "set train.hyperparameters.flash_attn: sdpa" in problem
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(__version__="2.8.3"))
+    assert check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request).problems == []
+
+
+def test_offload_without_cpu_adam(recorded_machine, monkeypatch):
+    fake_deepspeed(monkeypatch, error=RuntimeError("Error building extension 'cpu_adam'"))
+    request = request_of(offload=True)
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert "train.deepspeed: z3_offload offloads the optimizer to the CPU, but DeepSpeed's CPU Adam" in problem
+    assert "(RuntimeError: Error building extension 'cpu_adam')" in problem
+    assert "scripts/build_deepspeed_ops.py" in problem
+    assert "without offload; what fits this machine: train.finetuning_type: lora, train.deepspeed: none" in problem
+    fake_deepspeed(monkeypatch, compatible=False)
+    assert probe_cpu_adam().detail == "DeepSpeed's cuda accelerator has no compatible CPU Adam"
+    fake_deepspeed(monkeypatch)
+    assert probe_cpu_adam().ok
+
+
+def test_vllm_without_a_cuda_platform(recorded_machine, tmp_path):
+    python = fake_python(tmp_path, 'echo "INFO vLLM is starting"; echo cpu')
+    request = request_of(score_backend="vllm", vllm_python=python)
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
+    (problem,) = report.problems
+    assert f"score.backend is vllm, but the vLLM venv ({python}) has no CUDA platform" in problem
+    assert "(vLLM's platform is cpu)" in problem and "make install-vllm" in problem
+    assert probe_vllm(fake_python(tmp_path, "echo cuda")).ok
+    assert probe_vllm(tmp_path / "missing" / "python").detail.endswith("does not exist")
+    assert probe_vllm(fake_python(tmp_path, "sleep 5"), timeout=0.3).detail == "vLLM did not answer in 0.3 s"
+
+
+def test_every_problem_is_named_at_once(recorded_machine, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    fake_deepspeed(monkeypatch, error=OSError("libcpu_adam.so: cannot open shared object file"))
+    request = request_of(
+        gpus_per_run=8,
+        flash_attn="fa2",
+        offload=True,
+        score_backend="vllm",
+        vllm_python=fake_python(tmp_path, "exit 3"),
+    )
+    fine_tune = {**FULL_Z2, "gpus": 8, "host_mb": 200 * GB}
+    facts = recorded_machine(A30_MACHINE, request, torch=("2.11.0+cu130", "13.0"))
+    report = check_machine(needs_of(fine_tune), facts, request)
+    message = report.message()
+    assert report.status == "problems" and len(report.problems) == 7
+    for said in (
+        "driver 535.104.05 is too old",
+        "needs 8 GPUs",
+        "smallest card here, NVIDIA A30",
+        "of host memory, but this machine has 122,880 MB",
+        "flash_attn cannot be imported",
+        "libcpu_adam.so",
+        "(exit status 3)",
+    ):
+        assert said in message
+    assert message.startswith("The machine check found 7 problem(s) before any GPU job started")
+    assert "\n7. score.backend is vllm" in message
+
+
+def test_no_nvidia_driver_when_gpus_are_asked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.setattr(machine, "probe_torch", lambda: CUDA_12)
+    monkeypatch.setattr(machine, "host_memory_mb", lambda: HOST_120_GB)
+    request = request_of(deepspeed="z3")
+    report = check_machine(needs_of(FULL_Z3_OFFLOAD), probe_machine(request), request)
+    (problem,) = report.problems
+    assert "No NVIDIA GPU answers (nvidia-smi is not on PATH), but train.gpus_per_run is 1" in problem
+
+
+def test_a_cpu_run_passes_untouched(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi, and nothing may probe for one
+
+    def no_needs():
+        raise AssertionError("a CPU run asks for no memory model")
+
+    monkeypatch.setattr(machine, "probe_machine", no_needs)
+    request = MachineRequest(gpus_per_run=0, flash_attn="fa2", score_backend="vllm")
+    report = examine(request, no_needs)
+    assert (report.status, report.problems, report.facts) == ("cpu", [], None)
+    assert examine(request_of(enabled=False), no_needs).status == "skipped"
+
+
+def test_the_shipped_deepspeed_configs_and_host_memory(tmp_path):
+    assert offloads_optimizer(REPO / "config" / "deepspeed" / "z3_offload.json")
+    assert not offloads_optimizer(REPO / "config" / "deepspeed" / "z3.json")
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       131915776 kB\nMemFree:         1000 kB\n", encoding="utf-8")
+    assert host_memory_mb(meminfo) == 128824
+
+
+def test_an_unreachable_tracking_server_does_not_fail_the_check(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as bound_http_retries sets them, undone after
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    reference = tmp_path / "mlflow_experiment.json"
+    reference.write_text(json.dumps({"tracking_uri": "http://127.0.0.1:9", "experiment_id": "1"}), encoding="utf-8")
+    log_report_to_mlflow(reference, examine(MachineRequest(gpus_per_run=0), dict))
+    assert "the machine report was not logged to MLflow" in caplog.text
+
+
+def test_the_rule_passes_a_cpu_run_and_tags_the_experiment(tmp_path):
+    run_snakemake(tmp_path, small_demo_config(tmp_path), "--cores", "1", "results/machine.json")
+    report = json.loads((tmp_path / "results" / "machine.json").read_text(encoding="utf-8"))
+    assert report["status"] == "cpu" and report["problems"] == [] and report["request"]["gpus_per_run"] == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    tags = client.get_experiment_by_name("vlmflow").tags
+    assert (tags["machine.status"], tags["machine.problems"]) == ("cpu", "none")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vlmflow.runtime.memory") is None, reason="needs vlmflow.runtime.memory (issue 28, item 1)"
+)
+def test_the_rule_fails_before_any_gpu_job_with_the_message(tmp_path, fake_nvidia_smi):
+    fake_bin = fake_nvidia_smi(A30_MACHINE.replace("535.104.05", "580.95.05"))
+    model = tmp_path / "qwen2-vl-7b"
+    model.mkdir()
+    shutil.copy(REPO / "tests" / "data" / "qwen2_vl_7b_config.json", model / "config.json")
+    config = small_demo_config(
+        tmp_path, model={"name_or_path": str(model)}, train={"gpus_per_run": 8, "deepspeed": "z3"}
+    )
+    result = run_snakemake(
+        tmp_path,
+        config,
+        "--cores",
+        "1",
+        "results/machine.json",
+        check=False,
+        env={"PATH": f"{fake_bin}:{BIN}:/usr/bin:/bin"},
+    )
+    assert result.returncode != 0
+    assert "The machine check found" in result.stderr
+    assert "One fine-tune needs 8 GPUs (train.gpus_per_run: 8) but this machine gives jobs 4" in result.stderr
+    assert not (tmp_path / "results" / "machine.json").exists()  # no GPU job can start on it
+    kept = json.loads((tmp_path / "logs" / "machine" / "machine.json").read_text(encoding="utf-8"))
+    assert kept["status"] == "problems" and kept["facts"]["gpus"][0]["memory_mb"] == 24576

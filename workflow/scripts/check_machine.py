@@ -1,0 +1,27 @@
+"""Check that this machine can run the configured GPU jobs; fail with every problem named, before the first one."""
+
+import logging
+import sys
+
+from vlmflow.runtime.logfile import log_to
+from vlmflow.runtime.machine import MachineRequest, examine, log_report_to_mlflow, write_report
+
+log_to(snakemake.log.log)
+params = snakemake.params
+request = MachineRequest.of(params.train, params.score, params.check, snakemake.input.deepspeed or None)
+
+
+def needs() -> dict:
+    from vlmflow.runtime.memory import job_needs  # what one job needs (issue 28, item 1)
+
+    return job_needs(snakemake.config)
+
+
+report = examine(request, needs)
+logging.info("machine check: %s (the report: %s)", report.status, snakemake.log.report)
+write_report(snakemake.log.report, report)
+write_report(snakemake.output.machine, report)
+log_report_to_mlflow(snakemake.input.experiment, report)
+if report.problems:
+    logging.error(report.message(snakemake.log.report))
+    sys.exit(1)
