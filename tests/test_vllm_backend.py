@@ -9,9 +9,12 @@ fail: the backend is part of the workflow, and a skip would hide that it is not 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
+import sys
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -22,8 +25,9 @@ import torch
 from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
-from vlmflow.model.scoring import ScoringRequest, load_scorer, reason_slot, score_table
-from vlmflow.model.vllm_backend import score_tables_in_vllm_venv, vllm_environment
+from vlmflow.model import vllm_backend
+from vlmflow.model.scoring import ScoringRequest, load_scorer, longest_sequence_tokens, reason_slot, score_table
+from vlmflow.model.vllm_backend import max_model_len, score_tables_in_vllm_venv, vllm_environment
 
 from helpers.scoring_models import build_scoring_model
 from helpers.variants import make_variant
@@ -207,3 +211,61 @@ def test_a_failed_vllm_run_names_its_command_and_last_lines(prompts, vllm_python
     message = str(failure.value)
     assert "vlmflow.model.vllm_backend" in message and str(vllm_python) in message
     assert f"{missing}: no config.json there" in message  # the child's own error, from its last lines
+
+
+def test_max_model_len_is_the_longest_sequence_a_table_can_make_and_a_margin(scorer, prompts) -> None:
+    variant = VARIANTS[1]  # reason-first: the reason budget counts too
+    tables = [prompts.iloc[:4], prompts.iloc[4:]]
+    longest = longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, 12)
+    assert max_model_len(scorer.encoder, tables, NAMES, variant, 12) == longest + vllm_backend.MODEL_LEN_MARGIN
+    head, tail = reason_slot(variant)
+    answer = max(map(len, scorer.answer_ids(NAMES, head, tail)))
+    for row in prompts.itertuples():
+        assert len(scorer.encoder.prompt_ids(row.image_path, row.prompt, row.system)) + 12 + answer <= longest
+
+
+class RecordingLLM:
+    """Stands in for ``vllm.LLM``: keeps the engine arguments it was given."""
+
+    made: list[dict] = []
+
+    def __init__(self, model: str, **engine_args) -> None:
+        RecordingLLM.made.append({"model": model, **engine_args})
+
+    def get_default_sampling_params(self):
+        return types.SimpleNamespace(repetition_penalty=1.0)
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_engine_length_and_memory_share_reach_the_llm(model_dir, scorer, prompts, tmp_path, monkeypatch, gpu):
+    # The entry point as the vLLM venv runs it, with the engine replaced: what vllm.LLM is asked for.
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=RecordingLLM))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    batch_sizes = []
+
+    def score_table_of(scorer, table, labels, variant, *, reason_max_new_tokens, batch_size):
+        batch_sizes.append(batch_size or scorer.automatic_batch_size(table, labels, variant, reason_max_new_tokens))
+        return table[["id"]]
+
+    monkeypatch.setattr(vllm_backend, "score_table", score_table_of)
+    RecordingLLM.made.clear()
+    prompts.to_parquet(tmp_path / "prompts.parquet", index=False)
+    variant = VARIANTS[1]
+    spec = {
+        "model_dir": str(model_dir),
+        "tables": [[str(tmp_path / "prompts.parquet"), str(tmp_path / "scores.parquet")]],
+        "labels": NAMES,
+        "variant": dataclasses.asdict(variant),
+        "reason_max_new_tokens": 90,
+        "batch_size": None,  # score.batch_size's default: automatic
+        "image_pixels": {},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    vllm_backend.main([str(tmp_path / "spec.json")])
+    [engine] = RecordingLLM.made
+    expected = longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, 90) + vllm_backend.MODEL_LEN_MARGIN
+    assert engine["max_model_len"] == expected
+    assert engine["gpu_memory_utilization"] == 0.9
+    assert engine["dtype"] == ("bfloat16" if gpu else "float32")
+    assert batch_sizes == [64 if gpu else 8]
+    assert list(pd.read_parquet(tmp_path / "scores.parquet")["id"]) == list(prompts["id"])

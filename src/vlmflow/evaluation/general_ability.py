@@ -99,15 +99,21 @@ def answer_questions(
     model_dir: str,
     questions: list[HeldOutQuestion],
     *,
-    batch_size: int,
+    batch_size: int | None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> list[str]:
-    """Greedy answers of the model in ``model_dir`` (a saved model, a LoRA adapter or a hub id), in batches."""
+    """Greedy answers of the model in ``model_dir`` (a saved model, a LoRA adapter or a hub id), in batches of
+    ``batch_size`` (score.batch_size; ``None``: what the card holds, ``Scorer.batch_size_for``)."""
     from vlmflow.model.scoring import ChatRequest, load_scorer  # torch: only the jobs that generate load it
 
     scorer = load_scorer(model_dir, device=device, num_threads=threads)
     longest = max(len(scorer.encoder.text_ids(q.answer)) for q in questions)
+    if batch_size is None:
+        chat_tokens = max(
+            len(scorer.encoder.chat_prompt_ids(ChatRequest(list(q.messages), q.system))) for q in questions
+        )
+        batch_size = scorer.batch_size_for(chat_tokens + longest + ANSWER_MARGIN_TOKENS, labels=0)
     answers = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]

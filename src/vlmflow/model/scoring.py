@@ -37,6 +37,16 @@ IMAGE_PLACEHOLDER = "<image>"
 ANSWER_CACHE_SIZE = 64
 ADAPTER_CONFIG = "adapter_config.json"  # a LoRA fine-tune saves only its adapter, beside this file
 
+# The automatic batch size (score.batch_size null). On the CPU memory is not what limits a batch: 8 images, the
+# size measured fastest there (docs/benchmarks.md) and the schema's fixed default before it was automatic.
+CPU_BATCH_SIZE = 8
+# On a GPU the batch is what the free memory holds of its KV cache, less this share for what the estimate leaves
+# out: the continuation's logits (25 labels x about 8 tokens x 152k words, in bf16, float32 and log-softmax: a
+# sixth of a 7B's KV cache an image), the layers' activations (another tenth) and the allocator's fragmentation.
+RESERVE_FRACTION = 0.3
+# No measured gain past it (64 images a batch scored slower than 8 on the CPU), while a lost batch costs more.
+MAX_BATCH_SIZE = 64
+
 ImageInput = Image.Image | str | Path
 
 
@@ -55,6 +65,31 @@ def shared_prefix_length(sequences: list[list[int]]) -> int:
     while shared < min(map(len, sequences)) - 1 and len({seq[shared] for seq in sequences}) == 1:
         shared += 1
     return shared
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in a model of transformers ``config``: layers x KV heads x head width x
+    2 (K and V) x bytes per element. Qwen2-VL-7B in bf16: 28 x 4 x 128 x 2 x 2 = 56 KiB."""
+    text = config.get_text_config()  # the language model's; these families keep it in text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return text.num_hidden_layers * text.num_key_value_heads * head_dim * 2 * dtype.itemsize
+
+
+def auto_batch_size(
+    free_bytes: int,
+    kv_bytes_per_token: int,
+    prompt_tokens: int,
+    labels: int,
+    reserve_fraction: float = RESERVE_FRACTION,
+) -> int:
+    """Images per batch whose KV cache fits in ``free_bytes`` (at least 1, at most ``MAX_BATCH_SIZE``).
+
+    Scoring holds each image's prompt cache (``prompt_tokens`` long) once and its copy widened to one row per
+    label (``Scorer.score_many``): ``labels + 1`` copies an image. ``labels`` 0 is generation alone.
+    """
+    per_image = kv_bytes_per_token * prompt_tokens * (labels + 1)
+    fits = int(free_bytes * (1 - reserve_fraction)) // per_image
+    return max(1, min(MAX_BATCH_SIZE, fits))
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -90,6 +125,10 @@ class ScoringBackend(Protocol):
     def generate_many(
         self, requests: list[ScoringRequest], *, answer_prefix: str, stop: str | None, max_new_tokens: int
     ) -> list[str]: ...
+
+    def automatic_batch_size(
+        self, prompts: pd.DataFrame, labels: list[str], variant: PromptVariant, reason_max_new_tokens: int | None
+    ) -> int: ...
 
 
 @dataclass
@@ -178,6 +217,24 @@ class PromptEncoder:
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    @property
+    def max_image_tokens(self) -> int:
+        """Visual tokens of an image at the pixel cap: LLaMA-Factory's pre-resize, or the processor's own if lower
+        (its ``longest_edge`` is a pixel count). The processor rounds each side to whole patches, which can add
+        up to (width + height) / 56 tokens above this (see ``vllm_backend.MODEL_LEN_MARGIN``)."""
+        cap = min(self.processor.image_max_pixels, self.processor.image_processor.size["longest_edge"])
+        return cap // self.family.pixels_per_visual_token
+
+    def max_prompt_tokens(self, prompt: str, system: str | None = None) -> int:
+        """Tokens of ``prompt`` with an image at the pixel cap (``max_image_tokens``), without reading the image:
+        the plugin's placeholder unexpanded (one visual token), then widened to the cap."""
+        plugin = copy.copy(self.template.mm_plugin)
+        plugin.expand_mm_tokens = False  # one visual token for the image, and the image left unread
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+        messages = plugin.process_messages(messages, [Image.new("RGB", (32, 32))], [], [], self.processor)
+        ids, _ = self.template.encode_oneturn(self.tokenizer, messages, system)
+        return len(ids) - 1 + self.max_image_tokens
+
 
 def load_encoder(
     model_dir: str | Path, image_max_pixels: int | None = None, image_min_pixels: int | None = None
@@ -197,6 +254,24 @@ def load_encoder(
     tokenizer = processor.tokenizer
     template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=family.template))
     return PromptEncoder(processor, tokenizer, template, family)
+
+
+def longest_sequence_tokens(
+    encoder: PromptEncoder,
+    prompts: pd.DataFrame,
+    labels: list[str],
+    variant: PromptVariant,
+    reason_max_new_tokens: int | None,
+) -> int:
+    """Tokens of the longest sequence scoring a row of ``prompts`` can make: its prompt with an image at the pixel
+    cap, the reason budget (reason-first variants) and the longest label's answer (sizes the transformers
+    backend's batches and vLLM's ``max_model_len``)."""
+    turns = prompts[["prompt", "system"]].drop_duplicates()  # most variants: one prompt, two system turns
+    prompt = max(
+        (encoder.max_prompt_tokens(row.prompt, system_of(row)) for row in turns.itertuples(index=False)), default=0
+    )
+    answer = max(map(len, encoder.answer_ids(labels, *answer_around_label(variant, ""))))
+    return prompt + answer + (reason_budget(variant, reason_max_new_tokens) if variant.generates_reason else 0)
 
 
 @dataclass
@@ -221,6 +296,35 @@ class Scorer:
 
     def answer_ids(self, labels: list[str], answer_before: str = "", answer_after: str = "") -> list[list[int]]:
         return self.encoder.answer_ids(labels, answer_before, answer_after)
+
+    def automatic_batch_size(
+        self, prompts: pd.DataFrame, labels: list[str], variant: PromptVariant, reason_max_new_tokens: int | None
+    ) -> int:
+        """Images per batch for ``score_table`` (score.batch_size null): ``CPU_BATCH_SIZE`` on the CPU; on a GPU,
+        what its free memory holds of the KV cache of the longest sequence (``auto_batch_size``)."""
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        tokens = longest_sequence_tokens(self.encoder, prompts, labels, variant, reason_max_new_tokens)
+        return self.batch_size_for(tokens, len(labels))
+
+    def batch_size_for(self, tokens: int, labels: int) -> int:
+        """Images (or chats) per batch of ``tokens`` each, widened to ``labels`` rows (0: generation alone) on the
+        prompt's cache: ``CPU_BATCH_SIZE`` on the CPU, else what the GPU's free memory holds."""
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_token = kv_bytes_per_token(self.model.config, self.model.dtype)
+        size = auto_batch_size(free, per_token, tokens, labels)
+        log.info(
+            "batch size %d: %.1f GB free on %s, %d KiB of KV cache a token, %d tokens at most, %d labels",
+            size,
+            free / 1e9,
+            self.device,
+            per_token // 1024,
+            tokens,
+            labels,
+        )
+        return size
 
     def encode_prompt(
         self, image: ImageInput, prompt: str, system: str | None = None, extra_ids: list[int] | None = None
@@ -369,7 +473,7 @@ class Scorer:
         prompt: str,
         *,
         system: str | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int,
         min_new_tokens: int = 0,
         answer_prefix: str = "",
         stop: str | None = None,
@@ -391,7 +495,7 @@ class Scorer:
         *,
         answer_prefix: str = "",
         stop: str | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int,
         min_new_tokens: int = 0,
     ) -> list[str]:
         """Greedy continuation of each request's answer after ``answer_prefix``, as one left-padded batch;
@@ -401,7 +505,7 @@ class Scorer:
         return self._greedy(inputs, stop=stop, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
 
     @torch.inference_mode()
-    def generate_chats(self, requests: list[ChatRequest], *, max_new_tokens: int = 100) -> list[str]:
+    def generate_chats(self, requests: list[ChatRequest], *, max_new_tokens: int) -> list[str]:
         """Greedy answer of each text-only chat, as one left-padded batch; a row stops at <|im_end|>."""
         return self._greedy(self.encode_chats(requests), stop=None, max_new_tokens=max_new_tokens, min_new_tokens=0)
 
@@ -476,50 +580,84 @@ def extract_reason(generated: str, tail: str) -> str:
         return raw
 
 
+def reason_budget(variant: PromptVariant, reason_max_new_tokens: int | None) -> int:
+    """The reason's token budget of a reason-first variant: the caller's (score.max_new_tokens), never a default."""
+    if reason_max_new_tokens is None:
+        raise ValueError(
+            f"variant {variant.name} generates a reason: pass reason_max_new_tokens (score.max_new_tokens)"
+        )
+    return reason_max_new_tokens
+
+
 def score_table(
     scorer: ScoringBackend,
     prompts: pd.DataFrame,
     labels: list[str],
     variant: PromptVariant,
     *,
-    reason_max_new_tokens: int = 90,
-    batch_size: int = 1,
+    reason_max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     log_every: int = 20,
 ) -> pd.DataFrame:
     """One row per prompt row: ``id``, ``p::<label>`` per label, ``predicted`` and ``generated`` (the reason).
 
     ``prompts`` has id, image_path, prompt and system. Reason-first variants generate the reason greedily
-    (at most ``reason_max_new_tokens``, within the task's 100 output tokens), then score the label slot.
+    (at most ``reason_max_new_tokens``, score.max_new_tokens, which they need), then score the label slot.
     ``scorer`` is a backend (``Scorer``, or vLLM's) with ``generate_many`` and ``score_many``; rows go to it
-    ``batch_size`` at a time.
+    ``batch_size`` at a time (``None``: the backend's ``automatic_batch_size``). A CUDA out-of-memory error
+    halves the batch and scores the same rows again, so the table is the same at any batch size.
     """
-    head, tail = reason_slot(variant) if variant.generates_reason else ("", "")
+    if batch_size is None:
+        batch_size = scorer.automatic_batch_size(prompts, labels, variant, reason_max_new_tokens)
     rows, started, done = [], time.monotonic(), 0
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts.iloc[start : start + batch_size].itertuples(index=False))
-        requests = [ScoringRequest(row.image_path, row.prompt, system_of(row)) for row in batch]
-        reasons = [""] * len(batch)
-        if variant.generates_reason:
-            generated = scorer.generate_many(
-                requests, answer_prefix=head, stop=tail, max_new_tokens=reason_max_new_tokens
+    while done < len(prompts):
+        batch = list(prompts.iloc[done : done + batch_size].itertuples(index=False))
+        try:
+            rows += score_batch(scorer, batch, labels, variant, reason_max_new_tokens)
+        except torch.cuda.OutOfMemoryError as error:
+            if len(batch) == 1:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA ran out of memory scoring one image ({batch[0].image_path}): free the card of other "
+                    "processes, lower train.hyperparameters.image_max_pixels (scoring resizes as training did), "
+                    "or score on a card with more memory"
+                ) from error
+            batch_size = len(batch) // 2
+            log.warning(
+                "CUDA out of memory at %d images a batch: scoring them again %d at a time", len(batch), batch_size
             )
-            reasons = [extract_reason(text, tail) for text in generated]
-        answers = [answer_around_label(variant, reason) for reason in reasons]
-        for row, reason, probabilities in zip(
-            batch, reasons, scorer.score_many(requests, labels, answers), strict=True
-        ):
-            rows.append(
-                {
-                    "id": row.id,
-                    **{f"p::{label}": float(p) for label, p in zip(labels, probabilities, strict=True)},
-                    "predicted": labels[int(np.argmax(probabilities))],
-                    "generated": reason,
-                }
-            )
+            torch.cuda.empty_cache()  # the failed batch's blocks, back for the smaller ones
+            continue
         previously, done = done, done + len(batch)
         if done // log_every > previously // log_every or done == len(prompts):
             log.info("scored %d/%d images (%.2f images/s)", done, len(prompts), done / (time.monotonic() - started))
     return pd.DataFrame(rows, columns=["id", *(f"p::{label}" for label in labels), "predicted", "generated"])
+
+
+def score_batch(
+    scorer: ScoringBackend,
+    batch: list,
+    labels: list[str],
+    variant: PromptVariant,
+    reason_max_new_tokens: int | None,
+) -> list[dict]:
+    """The score table's rows of one batch of prompt rows: reasons first (reason-first variants), then labels."""
+    requests = [ScoringRequest(row.image_path, row.prompt, system_of(row)) for row in batch]
+    reasons = [""] * len(batch)
+    if variant.generates_reason:
+        head, tail = reason_slot(variant)
+        budget = reason_budget(variant, reason_max_new_tokens)
+        generated = scorer.generate_many(requests, answer_prefix=head, stop=tail, max_new_tokens=budget)
+        reasons = [extract_reason(text, tail) for text in generated]
+    answers = [answer_around_label(variant, reason) for reason in reasons]
+    return [
+        {
+            "id": row.id,
+            **{f"p::{label}": float(p) for label, p in zip(labels, probabilities, strict=True)},
+            "predicted": labels[int(np.argmax(probabilities))],
+            "generated": reason,
+        }
+        for row, reason, probabilities in zip(batch, reasons, scorer.score_many(requests, labels, answers), strict=True)
+    ]
 
 
 def system_of(row) -> str | None:
@@ -536,14 +674,16 @@ def score_tables(
     device: str = "auto",
     threads: int | None = None,
     image_pixels: dict | None = None,
-    reason_max_new_tokens: int = 90,
-    batch_size: int = 1,
+    reason_max_new_tokens: int,
+    batch_size: int | None,
     backend: str = "transformers",
     vllm_python: str | Path = ".venv-vllm/bin/python",
 ) -> Iterator[pd.DataFrame]:
     """Load the model once and score each prompt table in turn (``score_table``), yielding each as it is
     done, so a caller can write one before the next is scored; ``image_pixels`` are the training's
-    ``image_max_pixels``/``image_min_pixels``. Backend ``vllm`` scores in the vLLM venv's ``vllm_python``."""
+    ``image_max_pixels``/``image_min_pixels``. ``reason_max_new_tokens`` and ``batch_size`` are score.max_new_tokens
+    and score.batch_size (``None``: automatic), from the caller: the schema holds their defaults. Backend ``vllm``
+    scores in the vLLM venv's ``vllm_python``."""
     settings = dict(reason_max_new_tokens=reason_max_new_tokens, batch_size=batch_size)
     if backend == "vllm":
         from vlmflow.model.vllm_backend import score_tables_in_vllm_venv

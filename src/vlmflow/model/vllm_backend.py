@@ -48,9 +48,11 @@ import pandas as pd
 import vlmflow
 from vlmflow.model.scoring import (
     ADAPTER_CONFIG,
+    CPU_BATCH_SIZE,
     PromptEncoder,
     ScoringRequest,
     load_encoder,
+    longest_sequence_tokens,
     score_table,
     shared_prefix_length,
     softmax,
@@ -71,6 +73,19 @@ CPU_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPAC
 VLLM_VENV_ENVIRONMENT = {"DISABLE_VERSION_CHECK": "1"}
 PARENT_PID = "VLMFLOW_VLLM_PARENT_PID"  # the entry point ends with the process that started it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The job leases its card(s) (runtime.gpu_lease), so nothing else runs there: vLLM takes nearly all of it for
+# weights, activations and KV cache (a larger cache keeps more images' prompts for their labels' reads). The
+# tenth left holds what its memory profile does not count: the CUDA context, the kernels' workspaces and the
+# allocator's fragmentation. (vLLM's own default as well; set here so that the reason is written down.)
+GPU_MEMORY_UTILIZATION = 0.9
+# max_model_len is the longest sequence a table can make (``longest_sequence_tokens``) and this margin: the
+# processor rounds each image side to whole patches, up to (width + height) / 56 visual tokens above the pixel
+# cap's count (33 for a 1:3 screen at 768 x 768 pixels, 50 at 1:10). 128 tokens of a 7B's cache are 7 MiB.
+MODEL_LEN_MARGIN = 128
+# Images per engine call on a GPU (score.batch_size null). vLLM batches within a call and keeps the call's KV in
+# its own preallocated cache, so memory does not bound the call; a bigger call keeps its scheduler full (on the
+# CPU its reason-first rate grew 17x from 1 to 64 images a call, docs/benchmarks.md).
+GPU_BATCH_SIZE = 64
 
 
 def one_image_placeholder(ids: list[int], image_token_id: int) -> list[int]:
@@ -173,7 +188,7 @@ class VllmScorer:
         *,
         answer_prefix: str = "",
         stop: str | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int,
     ) -> list[str]:
         """Greedy continuation of each request's answer after ``answer_prefix``; stops at <|im_end|> or once
         the text holds ``stop`` (kept in the text, as transformers' ``stop_strings`` keeps it)."""
@@ -199,6 +214,12 @@ class VllmScorer:
             texts.append(self.encoder.tokenizer.decode(list(output.outputs[0].token_ids), skip_special_tokens=True))
         return texts
 
+    def automatic_batch_size(self, *_) -> int:
+        """Images per engine call (score.batch_size null): ``GPU_BATCH_SIZE`` on a GPU, ``CPU_BATCH_SIZE`` else."""
+        import torch
+
+        return GPU_BATCH_SIZE if torch.cuda.is_available() else CPU_BATCH_SIZE
+
 
 def merge_lora(adapter_dir: str | Path, out_dir: Path, dtype: str) -> None:
     """A LoRA fold's adapter merged into its base model, saved with the fold's processor in ``out_dir``.
@@ -222,13 +243,15 @@ def load_vllm_scorer(
     dtype: str | None = None,
     image_max_pixels: int | None = None,
     image_min_pixels: int | None = None,
+    encoder: PromptEncoder | None = None,
     enforce_eager: bool | None = None,
     seed: int = 0,
     **engine_args,
 ) -> VllmScorer:
     """A vLLM engine on ``model_dir`` (a LoRA fold is merged first, see ``merge_lora``) with its
-    ``PromptEncoder``; float32 on the CPU and bfloat16 on a GPU unless ``dtype``. The pixel limits are the
-    training's (``None``: LLaMA-Factory's defaults). ``engine_args`` go to ``vllm.LLM``."""
+    ``PromptEncoder`` (``encoder``, or one loaded with the pixel limits: the training's, ``None`` for
+    LLaMA-Factory's defaults); float32 on the CPU and bfloat16 on a GPU unless ``dtype``. ``engine_args`` go to
+    ``vllm.LLM`` (``max_model_len``: see ``max_model_len``); ``GPU_MEMORY_UTILIZATION`` unless they say."""
     import torch
     from vllm import LLM
 
@@ -238,7 +261,8 @@ def load_vllm_scorer(
         # A one-token read recomputes what follows its last full cached block: the CPU attention's smallest
         # block (32) instead of its default 128 (a GPU's default is 16).
         engine_args.setdefault("block_size", 32)
-    encoder = load_encoder(model_dir, image_max_pixels, image_min_pixels)
+    engine_args.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)  # the CPU's KV: CPU_ENVIRONMENT
+    encoder = encoder or load_encoder(model_dir, image_max_pixels, image_min_pixels)
     weights, merged = Path(model_dir), None
     if (weights / ADAPTER_CONFIG).is_file():
         merged = tempfile.TemporaryDirectory(prefix="vlmflow-merged-lora-")
@@ -275,17 +299,34 @@ def die_with_parent() -> None:
         sys.exit("vlmflow.model.vllm_backend: the process that started it is gone")
 
 
+def max_model_len(
+    encoder: PromptEncoder,
+    tables: list[pd.DataFrame],
+    labels: list[str],
+    variant: PromptVariant,
+    reason_max_new_tokens: int | None,
+) -> int:
+    """vLLM's ``max_model_len`` for scoring ``tables``: their longest sequence and ``MODEL_LEN_MARGIN``. The
+    model's own limit (32k to 256k tokens) would make vLLM reserve room for one such sequence, which a 7B's
+    cache on a 24 GB card cannot hold beside its weights."""
+    longest = max(longest_sequence_tokens(encoder, table, labels, variant, reason_max_new_tokens) for table in tables)
+    return longest + MODEL_LEN_MARGIN
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point in the vLLM venv: score each table of a spec (see ``score_tables_in_vllm_venv``)."""
     die_with_parent()
     [spec_path] = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    scorer = load_vllm_scorer(spec["model_dir"], dtype=spec.get("dtype"), **(spec.get("image_pixels") or {}))
+    encoder = load_encoder(spec["model_dir"], **(spec.get("image_pixels") or {}))
     variant = PromptVariant.from_config(spec["variant"])
+    tables = [pd.read_parquet(source) for source, _ in spec["tables"]]
+    length = max_model_len(encoder, tables, spec["labels"], variant, spec["reason_max_new_tokens"])
+    scorer = load_vllm_scorer(spec["model_dir"], dtype=spec.get("dtype"), encoder=encoder, max_model_len=length)
     settings = {"reason_max_new_tokens": spec["reason_max_new_tokens"], "batch_size": spec["batch_size"]}
-    for source, target in spec["tables"]:
-        scores = score_table(scorer, pd.read_parquet(source), spec["labels"], variant, **settings)
+    for table, (_, target) in zip(tables, spec["tables"], strict=True):
+        scores = score_table(scorer, table, spec["labels"], variant, **settings)
         write_bytes_atomically(target, scores.to_parquet(index=False))  # whole or not at all
         print(f"{DONE}{target}", flush=True)
 
@@ -318,14 +359,15 @@ def score_tables_in_vllm_venv(
     variant: PromptVariant,
     *,
     python: str | Path,
-    reason_max_new_tokens: int = 90,
-    batch_size: int = 1,
+    reason_max_new_tokens: int,
+    batch_size: int | None,
     image_pixels: dict | None = None,
     device: str = "auto",
 ) -> Iterator[pd.DataFrame]:
     """``score_table`` of each table by the vLLM backend, run by ``python`` (the vLLM venv's interpreter)
-    with the model loaded once; yields each score table as the child writes it. Its log lines go to this
-    process's log; a failure raises naming the command and its last lines."""
+    with the model loaded once; yields each score table as the child writes it. ``reason_max_new_tokens`` and
+    ``batch_size`` (``None``: automatic) are the caller's, from the schema. Its log lines go to this process's
+    log; a failure raises naming the command and its last lines."""
     python = Path(python)
     if not python.is_file():
         raise FileNotFoundError(
