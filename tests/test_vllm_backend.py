@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -103,9 +104,14 @@ def largest_difference(table: pd.DataFrame, other: pd.DataFrame) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda variant: variant.name)
-def test_vllm_tables_equal_transformers_tables(model_dir, scorer, prompts, vllm_python, variant) -> None:
+def test_vllm_tables_equal_transformers_tables(model_dir, scorer, prompts, vllm_python, variant, caplog) -> None:
     # Two tables in one call: the model loads once, and the tables come back in order.
-    first, second = vllm_tables(model_dir, [prompts.iloc[:4], prompts.iloc[4:]], variant, vllm_python)
+    tables = [prompts.iloc[:4], prompts.iloc[4:]]
+    with caplog.at_level(logging.INFO, logger="vlmflow.model.vllm_backend"):
+        first, second = vllm_tables(model_dir, tables, variant, vllm_python)
+    # The engine was made for the longest sequence these tables can make, not the model's 32k tokens.
+    length = max_model_len(scorer.encoder, tables, NAMES, variant, SETTINGS["reason_max_new_tokens"])
+    assert f"max_seq_len={length}," in caplog.text
     expected = score_table(scorer, prompts, NAMES, variant, **SETTINGS)
     table = pd.concat([first, second], ignore_index=True)
     assert list(table.columns) == list(expected.columns)
