@@ -12,6 +12,12 @@ from vlmflow.model.families import FAMILIES, demo_family
 from vlmflow.data.labels import load_labels
 from vlmflow.data.ocr import ocr_jobs
 from vlmflow.prompting.variants import PromptVariant
+from vlmflow.runtime.memory import (
+    base_model_size,
+    declared_machine_problems,
+    job_needs,
+    rule_memory,
+)
 from vlmflow.tracking.offline import pending_notice, unreachable_notice
 from vlmflow.recipe.final_models import (
     final_fit_of,
@@ -45,6 +51,52 @@ VARIANT = {name: PromptVariant.from_config(entry) for name, entry in VARIANTS.it
 FOLDS = list(range(config["train"]["folds"]))
 
 LABELS = load_labels(config["labels"])
+
+# What each kind of GPU job needs (vlmflow.runtime.memory: fine_tune, scoring, general_ability, averaging), from
+# the base model's config.json, the method, the DeepSpeed stage and the GPUs: the rules declare it as mem_mb
+# (host memory, the whole job) and gpu_mem_mb (each card), so Snakemake runs together only what fits.
+MODEL_SIZE = base_model_size(config)
+JOB_MEMORY = rule_memory(config, MODEL_SIZE, len(LABELS))
+
+
+def host_memory(kind):
+    """mem_mb of a kind of job: the host memory of the whole job, all ranks together."""
+    return JOB_MEMORY[kind].host_mb
+
+
+def gpu_memory(kind):
+    """gpu_mem_mb of a kind of job: the memory it needs on each of its cards (0 on the CPU)."""
+    return JOB_MEMORY[kind].gpu_mb
+
+
+def declared_resource(name):
+    """A resource given to Snakemake (--resources, a profile's resources:), None where none was."""
+    return workflow.global_resources.get(name).value
+
+
+def check_declared_machine():
+    """Fail at start, before any job, when the machine given to Snakemake cannot run one job (vlmflow.runtime.memory):
+    Snakemake itself would cut a job's mem_mb down to the machine's and start it."""
+    problems = declared_machine_problems(
+        JOB_MEMORY,
+        gpus_per_run=config["train"]["gpus_per_run"],
+        gpu=declared_resource("gpu"),
+        mem_mb=declared_resource("mem_mb"),
+        gpu_mem_mb=declared_resource("gpu_mem_mb"),
+        alternatives=job_needs(config, MODEL_SIZE, len(LABELS))["alternatives"],
+    )
+    if problems:
+        raise WorkflowError(
+            "The machine given to Snakemake cannot run this workflow:\n- "
+            + "\n- ".join(problems)
+        )
+    if declared_resource("gpu_mem_mb") is not None:
+        # gpu_mem_mb is per card, and a job's cards are its own (the gpu resource leases them whole): a fit,
+        # checked above, not a pool. Left to Snakemake, it would add up the jobs' values and run one GPU job at a time.
+        workflow.register_resource("gpu_mem_mb", None)
+
+
+check_declared_machine()
 
 # Final models retrained on step combinations (none, correction, pseudo, correction_pseudo): those the
 # ablation compares, plus the submission's when final.strategy is retrain.

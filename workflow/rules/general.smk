@@ -20,6 +20,8 @@ rule evaluate_general_ability:
     threads: config["score"]["threads"]
     resources:
         gpu=min(1, config["train"]["gpus_per_run"]),
+        mem_mb=host_memory("general_ability"),
+        gpu_mem_mb=gpu_memory("general_ability"),
     params:
         model=model_to_load,
         format=config["final"]["general_data"]["format"],

@@ -86,6 +86,8 @@ rule average_fold_models:
         "benchmarks/final/{variant}/average_folds.tsv"
     conda:
         "../../envs/train.yaml"
+    resources:
+        mem_mb=host_memory("averaging"),
     script:
         "../scripts/average_fold_models.py"
 
@@ -106,6 +108,8 @@ rule score_final_model:
     threads: config["score"]["threads"]
     resources:
         gpu=min(1, config["train"]["gpus_per_run"]),
+        mem_mb=host_memory("scoring"),
+        gpu_mem_mb=gpu_memory("scoring"),
     params:
         variant=variant_settings,
         scoring=scoring_settings(),

@@ -58,6 +58,8 @@ rule train_final:
     threads: config["train"]["threads"]
     resources:
         gpu=config["train"]["gpus_per_run"],
+        mem_mb=host_memory("fine_tune"),
+        gpu_mem_mb=gpu_memory("fine_tune"),
     params:
         training=final_training_settings,
     script:

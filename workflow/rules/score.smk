@@ -23,6 +23,8 @@ rule score_fold:
     threads: config["score"]["threads"]
     resources:
         gpu=min(1, config["train"]["gpus_per_run"]),
+        mem_mb=host_memory("scoring"),
+        gpu_mem_mb=gpu_memory("scoring"),
     params:
         variant=variant_settings,
         scoring=scoring_settings(),
@@ -48,6 +50,8 @@ rule score_test_shard:
     threads: config["score"]["threads"]
     resources:
         gpu=min(1, config["train"]["gpus_per_run"]),
+        mem_mb=host_memory("scoring"),
+        gpu_mem_mb=gpu_memory("scoring"),
     params:
         variant=variant_settings,
         scoring=scoring_settings(),
