@@ -136,7 +136,6 @@ def small_card(scorer, monkeypatch):
             return forward(*args, **kwargs)
 
         monkeypatch.setattr(scorer.model, "forward", forward_within)
-        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no CUDA here to empty
 
     return limit
 

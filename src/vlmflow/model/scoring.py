@@ -605,7 +605,8 @@ def score_table(
     (at most ``reason_max_new_tokens``, score.max_new_tokens, which they need), then score the label slot.
     ``scorer`` is a backend (``Scorer``, or vLLM's) with ``generate_many`` and ``score_many``; rows go to it
     ``batch_size`` at a time (``None``: the backend's ``automatic_batch_size``). A CUDA out-of-memory error
-    halves the batch and scores the same rows again, so the table is the same at any batch size.
+    halves the batch for the rest of the table and scores the same rows again: the scores do not depend on the
+    batch.
     """
     if batch_size is None:
         batch_size = scorer.automatic_batch_size(prompts, labels, variant, reason_max_new_tokens)
@@ -618,14 +619,14 @@ def score_table(
             if len(batch) == 1:
                 raise torch.cuda.OutOfMemoryError(
                     f"CUDA ran out of memory scoring one image ({batch[0].image_path}): free the card of other "
-                    "processes, lower train.hyperparameters.image_max_pixels (scoring resizes as training did), "
-                    "or score on a card with more memory"
+                    "processes, lower train.hyperparameters.image_max_pixels (training and scoring resize by it: the "
+                    "folds train again), or score on a card with more memory"
                 ) from error
+            # The failed batch's tensors go back to PyTorch's cache once the error is dropped, for the halves.
             batch_size = len(batch) // 2
             log.warning(
                 "CUDA out of memory at %d images a batch: scoring them again %d at a time", len(batch), batch_size
             )
-            torch.cuda.empty_cache()  # the failed batch's blocks, back for the smaller ones
             continue
         previously, done = done, done + len(batch)
         if done // log_every > previously // log_every or done == len(prompts):
