@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from vlmflow.model.train import last_complete_checkpoint
+from vlmflow.model.train import last_complete_checkpoint, living_processes
 from vlmflow.runtime.outputs import partial_path
+from vlmflow.tracking.offline import absolute_tracking_uri
 from vlmflow.tracking.runs import (
-    absolute_tracking_uri,
     ensure_experiment,
     log_results,
     start_child_run,
@@ -102,6 +102,23 @@ def trainer_processes(workdir: Path) -> list[int]:
     return [int(pid) for pid in listed.split() if Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve()]
 
 
+def trainer_process_trees(workdir: Path) -> list[int]:
+    """The trainer processes of ``trainer_processes`` and all below them: under DeepSpeed, the torchrun launcher
+    and its ranks, which would train on as orphans if only `llamafactory-cli` were killed."""
+    found, level = [], trainer_processes(workdir)
+    while level:
+        found += level
+        children = (subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout for pid in level)
+        level = [int(child) for listed in children for child in listed.split()]
+    return found[::-1]  # the ranks first
+
+
+def the_job_that_trains(workdir: Path) -> list[int]:
+    """The job (the rule's script) that runs the trainer of ``trainer_processes``: the trainer's parent."""
+    parents = living_processes()
+    return [parents[pid] for pid in trainer_processes(workdir) if pid in parents]
+
+
 FOLD_MODEL = "results/baseline/fold0/model"
 DEMO_MODEL = "resources/demo/tiny-qwen2-vl"
 
@@ -128,11 +145,11 @@ def trained_fold(tmp_path_factory, demo_models):
 
 
 def kill_after_first_checkpoint(
-    whole: Path, killed: Path, config: dict, find_trainers=trainer_processes
+    whole: Path, killed: Path, config: dict, find_victims=trainer_processes
 ) -> tuple[Path, int]:
-    """Fine-tune the fold in ``killed`` on ``whole``'s demo data and model, SIGKILL the processes ``find_trainers``
-    names once its first checkpoint is complete and check that Snakemake fails; return the checkpoint left and
-    its step."""
+    """Fine-tune the fold in ``killed`` on ``whole``'s demo data and model, SIGKILL the processes ``find_victims``
+    names once its first checkpoint is complete and check that Snakemake fails and that no process of the trainer
+    is left (torchrun and its ranks included); return the checkpoint left and its step."""
     target = FOLD_MODEL
     shutil.copytree(whole / "resources", killed / "resources")  # the same demo data and model
     # No retry: the profile's retry would resume at once; this checks that a later `snakemake` does.
@@ -142,12 +159,16 @@ def kill_after_first_checkpoint(
     )
     checkpoints = killed / "results/baseline/fold0/checkpoints"
     first = wait_for(lambda: last_complete_checkpoint(checkpoints), "the first checkpoint", snakemake)
-    trainers = find_trainers(killed)
-    assert trainers, "the trainer finished before it could be killed"
-    for pid in trainers:
+    trainers, victims = trainer_process_trees(killed), find_victims(killed)
+    assert trainers and victims, "the trainer finished before it could be killed"
+    for pid in victims:
         with contextlib.suppress(ProcessLookupError):  # a short-lived helper process may have ended
             os.kill(pid, signal.SIGKILL)
     assert snakemake.wait(timeout=300) != 0
+    deadline = time.monotonic() + 30
+    while set(trainers) & living_processes().keys() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(trainers) & living_processes().keys(), "a process of the killed fine-tune is left behind"
     assert not (killed / target).exists(), "Snakemake removes a failed job's outputs"
     resumed_from = last_complete_checkpoint(checkpoints)
     step = int(resumed_from.name.split("-")[1])
@@ -257,17 +278,6 @@ def test_a_killed_snakemake_leaves_no_output_of_its_running_job_and_the_next_run
     assert not list(workdir.glob("results/**/.partial.*")), "no temporary file is left behind"
 
 
-def trainer_process_trees(workdir: Path) -> list[int]:
-    """The trainer processes of ``trainer_processes`` and all below them: under DeepSpeed, the torchrun launcher
-    and its ranks, which would train on as orphans if only `llamafactory-cli` were killed."""
-    found, level = [], trainer_processes(workdir)
-    while level:
-        found += level
-        children = (subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout for pid in level)
-        level = [int(child) for listed in children for child in listed.split()]
-    return found[::-1]  # the ranks first
-
-
 @pytest.mark.slow
 def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continues_its_global_step(
     tmp_path, trained_fold
@@ -281,7 +291,8 @@ def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continue
     shutil.copytree(trained_fold[0] / "resources", whole / "resources")
     run_snakemake(whole, config, "--cores", "2", FOLD_MODEL)  # the uninterrupted reference
     killed = tmp_path / "killed"
-    resumed_from, step = kill_after_first_checkpoint(whole, killed, config, trainer_process_trees)
+    # The job is killed, not the trainer: torchrun and its rank (in a session of its own) must end with it.
+    resumed_from, step = kill_after_first_checkpoint(whole, killed, config, the_job_that_trains)
     assert list(resumed_from.glob("global_step*/*optim_states.pt")), "DeepSpeed saved its own states to resume"
 
     rerun_resumes(killed, config, resumed_from, step)

@@ -328,7 +328,7 @@ def watch_trainer(trainer: int) -> None:
     """The watchdog's body: wait for the job to end; if it ended without saying "done", end the trainer."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s watchdog: %(message)s")
     if sys.stdin.buffer.read() != b"done":
-        log.warning("the job that ran the trainer (process %d) died: ending the trainer's processes", trainer)
+        log.warning("the job died: ending the trainer (process %d) and every process below it", trainer)
         end_process_tree(trainer)
 
 
