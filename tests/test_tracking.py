@@ -4,8 +4,8 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
+from vlmflow.tracking.offline import absolute_tracking_uri
 from vlmflow.tracking.runs import (
-    absolute_tracking_uri,
     adopt_trainer_runs,
     ensure_experiment,
     numeric_metrics,

@@ -20,12 +20,12 @@ from mlflow.tracking import MlflowClient
 from test_faults import trainer_processes, wait_for
 
 from vlmflow.tracking.buffer import copy_run
+from vlmflow.tracking.fine_tune import tracked_fine_tune
 from vlmflow.tracking.offline import choose_store, pending_notice
 from vlmflow.tracking.runs import (
     child_run_id,
     ensure_experiment,
     start_variant_run,
-    tracked_fine_tune,
     write_run,
 )
 

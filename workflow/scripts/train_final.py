@@ -7,7 +7,7 @@ import pandas as pd
 
 from vlmflow.model.train import train_model
 from vlmflow.runtime.logfile import log_to
-from vlmflow.tracking.runs import tracked_fine_tune
+from vlmflow.tracking.fine_tune import tracked_fine_tune
 
 log_to(snakemake.log[0])
 steps, seed, round_ = snakemake.wildcards.steps, snakemake.wildcards.seed, snakemake.wildcards.round

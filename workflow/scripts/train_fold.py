@@ -6,7 +6,7 @@ import pandas as pd
 
 from vlmflow.model.train import train_fold
 from vlmflow.runtime.logfile import log_to
-from vlmflow.tracking.runs import tracked_fine_tune
+from vlmflow.tracking.fine_tune import tracked_fine_tune
 
 log_to(snakemake.log[0])
 fold = int(snakemake.wildcards.fold)

@@ -58,10 +58,18 @@ def unreachable_reason(uri: str, attempts: int = 3) -> str | None:
     return reason
 
 
+def absolute_tracking_uri(uri: str, workdir: str | Path = ".") -> str:
+    """Make a relative ``sqlite:///results/mlflow.db`` absolute, so every job writes to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        path = (Path(workdir) / uri[len(prefix) :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{path}"
+    return uri
+
+
 def choose_store(uri: str, workdir: str | Path = ".") -> tuple[str, dict]:
     """The tracking URI this run logs to, and what to record about a fallback (empty when none)."""
-    from vlmflow.tracking.runs import absolute_tracking_uri
-
     uri = absolute_tracking_uri(uri, workdir)
     reason = unreachable_reason(uri)
     if reason is None:

@@ -25,9 +25,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from vlmflow.runtime.gpu_lease import lease_gpus
 from vlmflow.runtime.outputs import write_text_atomically
-from vlmflow.tracking.offline import is_server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,16 +33,6 @@ T = TypeVar("T")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Set on any run the trainer opens by itself, naming the run it trains for (see training_environment).
 TRAINED_FOR_TAG = "vlmflow.trained_for"
-
-
-def absolute_tracking_uri(uri: str, workdir: str | Path = ".") -> str:
-    """Make a relative ``sqlite:///results/mlflow.db`` absolute, so every job writes to the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        path = (Path(workdir) / uri[len(prefix) :]).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"{prefix}{path}"
-    return uri
 
 
 def retry_locked(call: Callable[[], T], attempts: int = 8) -> T:
@@ -130,46 +118,6 @@ def start_child_run(
 def start_fold_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: str, fold: int) -> str:
     """The child run of one fold's fine-tune."""
     return start_child_run(client, experiment_id, parent_run_id, variant, f"fold{fold}", fold=str(fold), level="fold")
-
-
-def tracked_fine_tune(
-    *,
-    parent_run: str | Path,
-    run_file: str | Path,
-    model_dir: str | Path,
-    variant: str,
-    name: str,
-    gpus: int,
-    train: Callable[[dict[str, str]], Path],
-    **tags: str,
-) -> None:
-    """One fine-tune in a child run of its variant's MLflow run, for fold and final fits alike.
-
-    Starts the run ``<variant>/<name>`` with ``tags``, leases ``gpus`` distinct devices (Snakemake only
-    counts them), calls ``train(environment)``, which passes MLflow's variables to the trainer and returns
-    its YAML's path, then attaches the YAML, loss plot and trainer state and writes the run reference.
-
-    With a tracking server, the trainer and the attachments go to a local run first, which is sent to the
-    server run when training ends, or kept for ``make sync-mlflow`` when the server is lost: see
-    vlmflow.tracking.buffer. One that starts while the server is down has no server run yet: its run
-    reference names none (``run_id`` null, see ``child_run_id``) until the run is sent.
-    """
-    parent = read_run(parent_run)
-    server = parent["tracking_uri"]
-
-    def fine_tune(store: str, run_id: str) -> None:
-        with lease_gpus(gpus):  # CUDA_VISIBLE_DEVICES reaches the trainer
-            config_path = train(training_environment(store, parent["experiment"], run_id))
-        log_training(MlflowClient(store), run_id, config_path, model_dir)
-
-    if is_server(server):
-        from vlmflow.tracking.buffer import buffered_fine_tune  # here: buffer builds on this module
-
-        run_id = buffered_fine_tune(parent, run_file, variant, name, tags, fine_tune)
-    else:
-        run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
-        fine_tune(server, run_id)
-    write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
 
 
 def child_run_id(path: str | Path) -> str:
