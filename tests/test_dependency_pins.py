@@ -120,3 +120,13 @@ def test_a_qwen2_vl_text_attention_layer_on_flash_attention_2_matches_it_on_sdpa
     assert len(kernel_calls) == 1
     assert output.shape == (batch, length, HEADS * HEAD_DIM)
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vlmflow_has_one_version_number_the_package_and_its_metadata_share():
+    import tomllib
+
+    import vlmflow
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]  # read from vlmflow.__version__
+    assert version("vlmflow") == vlmflow.__version__
