@@ -87,3 +87,14 @@ def test_snakemake_refuses_a_misspelt_key_at_start(tmp_path):
     result = run_snakemake(tmp_path, config, "-n", check=False)
     assert result.returncode != 0
     assert "on_eror" in result.stdout + result.stderr
+
+
+def test_config_readme_names_every_file_under_config_and_the_catalogue_file_says_how_to_run():
+    """The Snakemake workflow catalogue's conventions: config/README.md and .snakemake-workflow-catalog.yml."""
+    readme = (REPO / "config" / "README.md").read_text(encoding="utf-8")
+    for path in sorted((REPO / "config").iterdir()):
+        if path.name != "README.md":
+            assert f"`{path.name}" in readme, f"config/README.md does not say what {path.name} is for"
+    usage = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text(encoding="utf-8"))["usage"]
+    assert usage["software-stack-deployment"]["conda"] and usage["report"]
+    assert "--resources gpu=" in usage["mandatory-flags"]["flags"]
