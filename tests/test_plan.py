@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from vlmflow.runtime.plan import ModelSize, RecordCounts, make_plan
+from vlmflow.runtime.plan import Machine, ModelSize, RecordCounts, make_plan
 
 from conftest import NO_SLURM_CONTROLLER, REPO, small_demo_config
 
@@ -113,3 +113,78 @@ def test_make_plan_prints_the_plan_of_the_shipped_config():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Run plan: 250 training and 120 test records" in result.stdout
+
+
+def recipe_plan(workdir, model, machine: Machine | None = None):
+    """The plan of the recipe's training (full, z3_offload, 4 GPUs per fine-tune, bf16, best and latest checkpoint
+    kept, validation of 10 % every 5 steps of 2 x 2 a GPU) on 400 training records in 2 folds, one variant."""
+    config = small_demo_config(
+        workdir, model={"name_or_path": str(model)}, demo={"n_train": 400}, variants=[{"name": "baseline"}]
+    )
+    config["train"] |= {"gpus_per_run": 4, "deepspeed": "z3_offload", "finetuning_type": "full"}
+    config["train"]["hyperparameters"] = {
+        "bf16": True,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "val_size": 0.1,
+        "eval_strategy": "steps",
+        "eval_steps": 5,
+        "save_strategy": "steps",
+        "save_total_limit": 1,
+        "load_best_model_at_end": True,
+    }
+    plan = plan_in(workdir, config)
+    return replace(plan, machine=machine) if machine else plan
+
+
+def test_the_plan_says_what_runs_at_once_on_the_recipes_machine_and_on_a_larger_one(tmp_path, seven_b):
+    plan = recipe_plan(tmp_path, seven_b)
+    assert plan.machine == Machine(gpus=4, gpu_mem_mb=24_000, host_mem_mb=120_000)  # the default: the recipe's
+    # A full fine-tune with offload needs 252,450 MB of host memory (tests/test_memory.py): not one fits 120,000.
+    assert plan.needs()["fine_tune"].host_mb == 252_450 and plan.at_once("fine_tune") == 0
+    # Scoring: 20,521 MB on one card, 18,583 MB of host memory: the 4 cards, not the host's 6, limit it.
+    assert plan.at_once("scoring") == min(4 // 1, 120_000 // 18_583) == 4
+    assert plan.at_once("averaging") == 120_000 // 51_749 == 2  # a CPU job: host memory alone
+    text = plan.render()
+    assert "| train_fold, train_final (full, z3_offload) | 4 | 9,180 | 252,450 | none: does not fit | 0 |" in text
+    assert "| score_fold, score_test_shard, score_final_model | 1 | 20,521 | 18,583 | 4 | 74,332 |" in text
+
+    large = replace(plan, machine=Machine(gpus=8, gpu_mem_mb=80_000, host_mem_mb=1_000_000))
+    assert large.at_once("fine_tune") == min(8 // 4, 1_000_000 // 252_450) == 2  # the GPUs limit it, not the host
+    assert "| 2 | 504,900 |" in large.render()  # their host memory together, with offload
+    # Their checkpoints: 2 fine-tunes x (best + latest + the one being written) x (bf16 model 2 B + Adam state
+    # 12 B a parameter).
+    checkpoints = next(value for key, value in large.disk_bytes().items() if key.startswith("checkpoints"))
+    assert checkpoints == 2 * 3 * (2 + 12) * QWEN2_VL_7B_PARAMETERS
+    assert "checkpoints of the 2 fine-tune(s) running at once (3 each)" in large.render()
+
+
+def test_gpu_hours_count_the_offload_and_the_validation_passes(tmp_path, seven_b):
+    plan = recipe_plan(tmp_path, seven_b)
+    fold = next(job for job in plan.jobs if job.rule == "train_fold")
+    # 400 records in 2 folds: a fold trains on 200, 10 % of them held out to validate.
+    per_token = QWEN2_VL_7B_PARAMETERS / 1_620_225_280 / 2_276 * 4.8  # scaled from the measured rate, offload x 4.8
+    training = 200 * 0.9 * 1_100 * per_token  # 1,100 tokens a record
+    # 180 records in steps of 2 x 2 on 4 GPUs: 11.25 steps, a validation pass every 5: 2 passes over 20 records,
+    # each token a third of a training step's.
+    validation = 2 * 20 * 1_100 * per_token / 3
+    assert plan.training_seconds(fold) == pytest.approx((training, validation))
+    assert plan.gpu_hours()["train_fold"] == pytest.approx(2 * (training + validation) / 3600)  # 2 folds
+    z2 = copy.deepcopy(plan.config)
+    z2["train"]["deepspeed"] = "z2"
+    assert replace(plan, config=z2).gpu_hours()["train_fold"] == pytest.approx(plan.gpu_hours()["train_fold"] / 4.8)
+    text = plan.render()
+    assert "training 2,276 tokens/s a GPU: measured" in text and "4.8 times the training time, estimated" in text
+
+
+def test_the_machine_options_are_the_plans_and_the_rest_snakemakes(monkeypatch):
+    from vlmflow.runtime import plan as plan_module
+
+    seen = {}
+    monkeypatch.setattr(plan_module, "make_plan", lambda args, machine: seen.update(args=args, machine=machine))
+    with pytest.raises(AttributeError):  # the stub returns no plan to render
+        plan_module.main(
+            ["--gpus", "8", "--gpu-mem-mb", "80000", "--configfile", "my.yaml", "--host-mem-mb", "1000000"]
+        )
+    assert seen == {"args": ["--configfile", "my.yaml"], "machine": Machine(8, 80_000, 1_000_000)}

@@ -1,5 +1,7 @@
-"""What a configured run will cost before it starts: its jobs (from Snakemake's own dry run), the disk its models
-take, and an estimate of its GPU hours (`make plan`).
+"""What a configured run will cost before it starts: its jobs (from Snakemake's own dry run), which of them run at
+once on a given machine (default the recipe's 4 x 24 GB with 120 GB of host memory) and the memory they take
+(vlmflow.runtime.memory), the disk its models and its running fine-tunes' checkpoints take, and an estimate of its
+GPU hours, DeepSpeed's stage and the validation passes counted (`make plan`).
 
 The jobs and their GPU leases are read from `snakemake -n`, so the plan counts exactly the DAG that would run.
 Model sizes come from the base model's ``config.json`` through the model built on PyTorch's meta device (no
@@ -7,11 +9,13 @@ weights are read or allocated). GPU hours are estimates: the rates in the schema
 on one model and GPU (docs/benchmarks.md) and scaled by parameter count, since a forward and a backward cost
 about 2 and 4 FLOPs per parameter and token.
 
-Usage: ``python -m vlmflow.runtime.plan [snakemake options, e.g. --configfile my.yaml]``.
+Usage: ``python -m vlmflow.runtime.plan [--gpus 4 --gpu-mem-mb 24000 --host-mem-mb 120000] [snakemake options, e.g.
+--configfile my.yaml]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -20,12 +24,22 @@ from pathlib import Path
 
 import yaml
 
+from vlmflow.data.labels import load_labels
+from vlmflow.runtime.memory import (
+    ADAM_BYTES,
+    MASTER_BYTES,
+    WEIGHT_BYTES,
+    JobMemory,
+    ModelSize,
+    model_size,  # noqa: F401 (the plan's model size, as it always was imported from here)
+    rule_memory,
+)
+
 REPO = Path(__file__).resolve().parents[3]
 GB = 1e9
-# Adam in mixed precision keeps an fp32 master copy and two fp32 moments per trainable parameter.
-OPTIMIZER_BYTES_PER_PARAMETER = 12
-SAVED_BYTES_PER_PARAMETER = 2  # bf16 weights
-ADAPTER_BYTES_PER_PARAMETER = 4  # PEFT saves LoRA weights in float32
+# A checkpoint holds the saved model and the optimizer's state: the fp32 master copy and Adam's two moments.
+OPTIMIZER_BYTES_PER_PARAMETER = MASTER_BYTES[True] + ADAM_BYTES
+SAVED_BYTES_PER_PARAMETER = WEIGHT_BYTES[True]
 TRAINING_RULES = {"train_fold", "train_final"}
 # Jobs that answer the held-out general records (workflow/rules/general.smk), greedily, a few tokens each.
 GENERAL_ABILITY_RULES = {"evaluate_general_ability", "evaluate_base_general_ability"}
@@ -67,50 +81,6 @@ def load_config(configfiles: list[str | Path], overrides: dict | None = None) ->
 
 
 @dataclass
-class ModelSize:
-    parameters: int
-    language_layers: int
-    lora_parameters: int  # of rank 1 on every linear layer of the language model: scale by the rank
-
-    @classmethod
-    def of(cls, name_or_path: str | Path) -> ModelSize:
-        """Parameter counts of the model a ``config.json`` describes, built without weights."""
-        import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText
-
-        from vlmflow.model.families import model_config
-
-        settings = model_config(name_or_path)
-        config = AutoConfig.for_model(**settings)
-        with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(config)
-        linear = [
-            module
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and "visual" not in name and "lm_head" not in name
-        ]
-        return cls(
-            parameters=sum(parameter.numel() for parameter in model.parameters()),
-            language_layers=config.get_text_config().num_hidden_layers,
-            lora_parameters=sum(module.in_features + module.out_features for module in linear),
-        )
-
-    def saved_bytes(self, train: dict) -> float:
-        """A fine-tune's saved model: a LoRA adapter, or every weight in bf16."""
-        if train["finetuning_type"] == "lora":
-            return self.lora_parameters * train["lora"]["rank"] * ADAPTER_BYTES_PER_PARAMETER
-        return self.parameters * SAVED_BYTES_PER_PARAMETER
-
-    def trainable(self, train: dict) -> float:
-        if train["finetuning_type"] == "lora":
-            return self.lora_parameters * train["lora"]["rank"]
-        if train["finetuning_type"] == "freeze":
-            layers = min(train["freeze"]["trainable_layers"], self.language_layers)
-            return self.parameters * layers / self.language_layers
-        return self.parameters
-
-
-@dataclass
 class RecordCounts:
     train: int
     test: int
@@ -143,12 +113,46 @@ def _records(path: Path) -> list:
     return json.loads(text)
 
 
+@dataclass(frozen=True)
+class Machine:
+    """The machine the plan runs on. The default is the recipe's (docs/mire.md): 4 x A30 of 24 GB, about 120 GB
+    of host memory."""
+
+    gpus: int = 4
+    gpu_mem_mb: int = 24_000  # each card
+    host_mem_mb: int = 120_000
+
+
+# Which jobs run together, by the kinds of vlmflow.runtime.memory.rule_memory.
+JOB_KINDS = {
+    "fine_tune": ("train_fold", "train_final"),
+    "scoring": ("score_fold", "score_test_shard", "score_final_model"),
+    "general_ability": tuple(sorted(GENERAL_ABILITY_RULES)),
+    "averaging": ("average_fold_models",),
+}
+# A fine-tune's time per token against the plan rates' own stage (ZeRO-2), by train.deepspeed.
+STAGE_TIME = {
+    "none": (1.0, "estimated: as ZeRO-2, one GPU's work without sharding"),
+    "z2": (1.0, "measured: the rates' own stage"),
+    "z3": (2.7, "measured: 2.6 to 2.8 times ZeRO-2's step on one H200 (docs/benchmarks.md)"),
+    "z3_offload": (4.8, "estimated: DeepSpeed issue 3901 reports about 4.8 times the step with offload"),
+}
+# A validation pass forwards the val_size share of a fine-tune's records: about a third of a training step's
+# work per token (2 of the 6 FLOPs per parameter and token of a forward and backward).
+EVALUATION_SHARE = 1 / 3
+# The trainer keeps the best checkpoint and the latest (save_total_limit 1 with best-model selection), and writes
+# the next before it removes one.
+CHECKPOINTS_WRITING = 1
+
+
 @dataclass
 class Plan:
     jobs: list[PlannedJob]
     config: dict
     size: ModelSize | None
     records: RecordCounts
+    machine: Machine = field(default_factory=Machine)
+    labels: int = 25  # the label set's size, which widens the scoring cache
 
     def job_counts(self) -> dict[str, tuple[int, int]]:
         """Per rule: jobs planned and GPUs each leases."""
@@ -169,15 +173,40 @@ class Plan:
         fold_model = self.size.saved_bytes(train)
         full_model = self.size.parameters * SAVED_BYTES_PER_PARAMETER
         folds = counts.get("train_fold", (0, 0))[0]
-        limit = train["hyperparameters"].get("save_total_limit", 1)
         checkpoint = fold_model + self.size.trainable(train) * OPTIMIZER_BYTES_PER_PARAMETER
+        running = max(1, self.at_once("fine_tune"))
         return {
             "fold models kept": folds * fold_model if train["keep_fold_models"] else 0.0,
             "fold models before scoring": folds * fold_model,
             "averaged fold models": counts.get("average_fold_models", (0, 0))[0] * full_model,
             "retrained final models": counts.get("train_final", (0, 0))[0] * fold_model,
-            "checkpoints of one running fine-tune": limit * checkpoint,
+            f"checkpoints of the {running} fine-tune(s) running at once "
+            f"({self.checkpoints_per_fine_tune()} each)": running * self.checkpoints_per_fine_tune() * checkpoint,
         }
+
+    def checkpoints_per_fine_tune(self) -> int:
+        """Checkpoints one running fine-tune has on disk at its peak: those it keeps (save_total_limit, and the best
+        beside the latest when the best is selected) and the one being written."""
+        hyperparameters = self.config["train"]["hyperparameters"]
+        kept = hyperparameters.get("save_total_limit", 1)
+        if hyperparameters.get("load_best_model_at_end", False):
+            kept = max(kept, 2)
+        return kept + CHECKPOINTS_WRITING
+
+    def needs(self) -> dict[str, JobMemory]:
+        """What one job of each kind needs (vlmflow.runtime.memory)."""
+        return rule_memory(self.config, self.size, self.labels) if self.size else {}
+
+    def at_once(self, kind: str) -> int:
+        """How many jobs of a kind fit the machine together (0: not one): by its GPUs, its cards' memory and the
+        host memory they need together."""
+        need = self.needs().get(kind)
+        if need is None:
+            return 0
+        if need.gpus and (need.gpu_mb > self.machine.gpu_mem_mb or need.gpus > self.machine.gpus):
+            return 0
+        by_host = self.machine.host_mem_mb // need.host_mb
+        return min(self.machine.gpus // need.gpus, by_host) if need.gpus else by_host
 
     def images_of(self, job: PlannedJob) -> float:
         """Images a job trains on (times epochs) or scores."""
@@ -197,6 +226,28 @@ class Plan:
             return test
         return 0.0
 
+    def training_seconds(self, job: PlannedJob) -> tuple[float, float]:
+        """GPU seconds of a fine-tune's training steps and of its validation passes: the measured rate scaled by
+        parameters and by the DeepSpeed stage's time (STAGE_TIME)."""
+        rates, train = self.config["plan"], self.config["train"]
+        hyperparameters = train["hyperparameters"]
+        per_token = self.size.parameters / rates["reference_parameters"] / rates["train_tokens_per_second"]
+        per_token *= STAGE_TIME[train["deepspeed"]][0]
+        images = self.images_of(job)
+        training = images * (1 - hyperparameters.get("val_size", 0)) * rates["tokens_per_record"] * per_token
+        # The trainer holds val_size of the records out and validates them every eval_steps optimizer steps.
+        validation = images * hyperparameters.get("val_size", 0) / hyperparameters.get("num_train_epochs", 1)
+        batch = (
+            hyperparameters.get("per_device_train_batch_size", 1)
+            * hyperparameters.get("gradient_accumulation_steps", 1)
+            * max(1, train["gpus_per_run"])
+        )
+        passes = 0
+        if hyperparameters.get("eval_strategy", "no") == "steps":
+            passes = int(images * (1 - hyperparameters.get("val_size", 0)) / batch // hyperparameters["eval_steps"])
+        evaluation = passes * validation * rates["tokens_per_record"] * per_token * EVALUATION_SHARE
+        return training, evaluation
+
     def gpu_hours(self) -> dict[str, float]:
         """Estimated GPU hours per rule of the GPU jobs, from the schema's measured rates scaled by size."""
         if self.size is None:
@@ -208,7 +259,7 @@ class Plan:
         for job in self.gpu_jobs():
             images = self.images_of(job)
             if job.rule in TRAINING_RULES:
-                seconds = images * rates["tokens_per_record"] / rates["train_tokens_per_second"] * scale
+                seconds = sum(self.training_seconds(job))
             elif job.rule in GENERAL_ABILITY_RULES:
                 tokens = self.records.general_held_out * GENERAL_TOKENS_PER_ANSWER
                 seconds = tokens * rates["generate_seconds_per_token"] * scale
@@ -234,9 +285,11 @@ class Plan:
                     lines.append(f"| {rule} | {jobs} | {gpus} | {estimate} |")
             if hours:
                 lines.append(f"| total | {len(gpu_jobs)} | | {sum(hours.values()):,.2f} |")
-                lines.append("GPU hours from the schema's plan rates (measured on one model and GPU, scaled by size).")
+                lines += ["", *self.rate_lines()]
         else:
             lines.append("No job leases a GPU (train.gpus_per_run is 0): the run is on the CPU.")
+        if self.size:
+            lines += ["", *self.concurrency_lines()]
         disk = self.disk_bytes()
         if disk:
             lines += ["", "| disk | GB |", "|---|---|"]
@@ -244,6 +297,47 @@ class Plan:
         else:
             lines.append("Model sizes: the demo's tiny model is built by the run; plan again once it exists.")
         return "\n".join(lines)
+
+    def concurrency_lines(self) -> list[str]:
+        """Which jobs of each kind run at once on the machine, and the memory they take together."""
+        machine = self.machine
+        lines = [
+            f"On {machine.gpus} GPUs of {machine.gpu_mem_mb:,} MB and {machine.host_mem_mb:,} MB of host memory "
+            "(--gpus, --gpu-mem-mb, --host-mem-mb; vlmflow.runtime.memory, estimated):",
+            "",
+            "| jobs | GPUs each | MB a GPU each | MB host each | at once | MB host at once |",
+            "|---|---|---|---|---|---|",
+        ]
+        train = self.config["train"]
+        for kind, need in self.needs().items():
+            rules = JOB_KINDS[kind]
+            if not any(rule in rules for rule, _ in self.job_counts().items()):
+                continue
+            name = ", ".join(rule for rule in rules if rule in self.job_counts())
+            if kind == "fine_tune":
+                name += f" ({train['finetuning_type']}, {train['deepspeed']})"
+            together = self.at_once(kind)
+            fits = f"{together}" if together else "none: does not fit"
+            lines.append(
+                f"| {name} | {need.gpus} | {need.gpu_mb:,} | {need.host_mb:,} | {fits} | {together * need.host_mb:,} |"
+            )
+        return lines
+
+    def rate_lines(self) -> list[str]:
+        """Each rate the GPU hours come from, labelled measured or estimated."""
+        rates, stage = self.config["plan"], self.config["train"]["deepspeed"]
+        factor, said = STAGE_TIME[stage]
+        return [
+            "GPU hours from these rates (the schema's plan section; docs/benchmarks.md):",
+            f"- training {rates['train_tokens_per_second']:,} tokens/s a GPU: measured (H200, ZeRO-2, a 1.6 B model)",
+            f"- scoring {rates['score_seconds_per_image']} s an image, generation "
+            f"{rates['generate_seconds_per_token']} s a token: measured (H200)",
+            f"- scaled by parameters ({self.size.parameters:,} / {rates['reference_parameters']:,}): estimated",
+            f"- DeepSpeed {stage}: {factor} times the training time, {said}",
+            f"- validation passes every eval_steps on val_size of the records, {EVALUATION_SHARE:.2f} of a training "
+            "step's time a token: estimated",
+            "- another card than an H200 (an A30 is several times slower): not counted",
+        ]
 
 
 def _variants(config: dict) -> dict:
@@ -263,8 +357,8 @@ def base_model_of(config: dict, workdir: Path) -> str | None:
     return str(local) if local.exists() else name_or_path
 
 
-def make_plan(snakemake_args: list[str], workdir: Path = Path(".")) -> Plan:
-    """The plan of `snakemake <snakemake_args>` run in ``workdir``."""
+def make_plan(snakemake_args: list[str], workdir: Path = Path("."), machine: Machine | None = None) -> Plan:
+    """The plan of `snakemake <snakemake_args>` run in ``workdir`` on ``machine`` (default: the recipe's)."""
     configfiles = _option_values(snakemake_args, "--configfile", "--configfiles")
     dry_run = subprocess.run(
         [str(Path(sys.executable).parent / "snakemake"), "-n", *snakemake_args],
@@ -280,8 +374,10 @@ def make_plan(snakemake_args: list[str], workdir: Path = Path(".")) -> Plan:
     return Plan(
         jobs=planned_jobs(dry_run.stdout),
         config=config,
-        size=ModelSize.of(model) if model else None,
+        size=model_size(model) if model else None,
         records=RecordCounts.of(config, workdir),
+        machine=machine or Machine(),
+        labels=len(load_labels(workdir / config["labels"])),
     )
 
 
@@ -296,5 +392,16 @@ def _option_values(args: list[str], *names: str) -> list[str]:
     return values
 
 
+def main(argv: list[str]) -> str:
+    """The plan's text; the machine's options are the plan's, every other argument is Snakemake's."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="The plan of a run before it starts.")
+    parser.add_argument("--gpus", type=int, default=Machine.gpus, help="GPUs of the machine")
+    parser.add_argument("--gpu-mem-mb", type=int, default=Machine.gpu_mem_mb, help="MB of each GPU")
+    parser.add_argument("--host-mem-mb", type=int, default=Machine.host_mem_mb, help="MB of host memory")
+    options, snakemake_args = parser.parse_known_args(argv)
+    machine = Machine(options.gpus, options.gpu_mem_mb, options.host_mem_mb)
+    return make_plan(snakemake_args, machine=machine).render()
+
+
 if __name__ == "__main__":
-    print(make_plan(sys.argv[1:]).render())
+    print(main(sys.argv[1:]))
