@@ -297,11 +297,18 @@ def test_an_unreachable_tracking_server_does_not_fail_the_check(tmp_path, caplog
     assert "the machine report was not logged to MLflow" in caplog.text
 
 
-def test_the_rule_passes_a_cpu_run_and_tags_the_experiment(tmp_path):
-    run_snakemake(tmp_path, small_demo_config(tmp_path), "--cores", "1", "results/machine.json")
-    report = json.loads((tmp_path / "results" / "machine.json").read_text(encoding="utf-8"))
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """The rule run alone on the reduced demo's config (a CPU run), its MLflow store created on the way."""
+    workdir = tmp_path_factory.mktemp("cpu_run")
+    run_snakemake(workdir, small_demo_config(workdir), "--cores", "1", "results/machine.json")
+    return workdir
+
+
+def test_the_rule_passes_a_cpu_run_and_tags_the_experiment(cpu_run):
+    report = json.loads((cpu_run / "results" / "machine.json").read_text(encoding="utf-8"))
     assert report["status"] == "cpu" and report["problems"] == [] and report["request"]["gpus_per_run"] == 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cpu_run / 'results' / 'mlflow.db'}")
     tags = client.get_experiment_by_name("vlmflow").tags
     assert (tags["machine.status"], tags["machine.problems"]) == ("cpu", "none")
 
@@ -309,7 +316,8 @@ def test_the_rule_passes_a_cpu_run_and_tags_the_experiment(tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("vlmflow.runtime.memory") is None, reason="needs vlmflow.runtime.memory (issue 28, item 1)"
 )
-def test_the_rule_fails_before_any_gpu_job_with_the_message(tmp_path, fake_nvidia_smi):
+def test_the_rule_fails_before_any_gpu_job_with_the_message(tmp_path, fake_nvidia_smi, cpu_run):
+    shutil.copytree(cpu_run, tmp_path, dirs_exist_ok=True)  # its MLflow store: only the check runs again
     fake_bin = fake_nvidia_smi(A30_MACHINE.replace("535.104.05", "580.95.05"))
     model = tmp_path / "qwen2-vl-7b"
     model.mkdir()
