@@ -151,10 +151,13 @@ def model_size(name_or_path: str | Path, cache: Path | None = None) -> ModelSize
     if path.is_file():
         return ModelSize(**json.loads(path.read_text(encoding="utf-8")))
     size = ModelSize.of(name_or_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    staged = path.with_suffix(f".{os.getpid()}.partial")
-    staged.write_text(json.dumps(asdict(size)), encoding="utf-8")
-    staged.replace(path)  # two parses at once both write the same answer
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(f".{os.getpid()}.partial")
+        staged.write_text(json.dumps(asdict(size)), encoding="utf-8")
+        staged.replace(path)  # two parses at once both write the same answer
+    except OSError:  # a read-only home: sized again next time, nothing lost
+        pass
     return size
 
 
