@@ -41,6 +41,7 @@ rule all:
 
 onstart:
     tell_ocr_jobs()
+    check_machine_at_start()
 
 
 # An MLflow server that could not be reached is said last, where it is seen (vlmflow.tracking.offline).

@@ -313,10 +313,7 @@ def test_the_rule_passes_a_cpu_run_and_tags_the_experiment(cpu_run):
     assert (tags["machine.status"], tags["machine.problems"]) == ("cpu", "none")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("vlmflow.runtime.memory") is None, reason="needs vlmflow.runtime.memory (issue 28, item 1)"
-)
-def test_the_rule_fails_before_any_gpu_job_with_the_message(tmp_path, fake_nvidia_smi, cpu_run):
+def test_a_run_stops_before_its_first_job_with_the_message(tmp_path, fake_nvidia_smi, cpu_run):
     shutil.copytree(cpu_run, tmp_path, dirs_exist_ok=True)  # its MLflow store: only the check runs again
     fake_bin = fake_nvidia_smi(A30_MACHINE.replace("535.104.05", "580.95.05"))
     model = tmp_path / "qwen2-vl-7b"
@@ -330,13 +327,13 @@ def test_the_rule_fails_before_any_gpu_job_with_the_message(tmp_path, fake_nvidi
         config,
         "--cores",
         "1",
-        "results/machine.json",
+        "results/baseline/fold0/model",  # a fine-tune: the check stops the run as it starts
         check=False,
         env={"PATH": f"{fake_bin}:{BIN}:/usr/bin:/bin"},
     )
     assert result.returncode != 0
     assert "The machine check found" in result.stderr
     assert "One fine-tune needs 8 GPUs (train.gpus_per_run: 8) but this machine gives jobs 4" in result.stderr
-    assert not (tmp_path / "results" / "machine.json").exists()  # no GPU job can start on it
+    assert not (tmp_path / "results" / "baseline").exists()  # no job ran: not a prompt, not a fine-tune
     kept = json.loads((tmp_path / "logs" / "machine" / "machine.json").read_text(encoding="utf-8"))
     assert kept["status"] == "problems" and kept["facts"]["gpus"][0]["memory_mb"] == 24576

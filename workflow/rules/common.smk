@@ -291,6 +291,29 @@ OCR_SHARDS, OCR_THREADS = ocr_jobs(
 )
 
 
+def machine_check_settings():
+    """config machine_check, off where jobs run on other machines (a cluster executor): this process's machine is
+    then the submitting host, which says nothing of the GPU nodes."""
+    return {**config["machine_check"], "enabled": config["machine_check"]["enabled"] and not workflow.non_local_exec}
+
+
+def check_machine_at_start():
+    """The machine check (vlmflow.runtime.machine) as a run with jobs to do starts, before its first job: a machine
+    that cannot run the GPU jobs stops the run here, every problem named. Not a rule input: Snakemake would redo
+    finished fine-tunes whenever the report is remade (a failed check deletes it). Rule check_machine writes the
+    same report to results/machine.json and MLflow; a CPU run passes without a probe."""
+    from vlmflow.runtime.machine import MachineRequest, examine, write_report
+    from vlmflow.runtime.memory import job_needs
+
+    request = MachineRequest.of(
+        config["train"], scoring_settings(), machine_check_settings(), deepspeed_config() or None
+    )
+    found = examine(request, lambda: job_needs(config))  # not `report`: a Snakemake keyword
+    if found.problems:
+        write_report("logs/machine/machine.json", found)
+        raise WorkflowError(found.message("logs/machine/machine.json"))
+
+
 def tell_ocr_jobs():
     """Print, as a run starts, how the OCR is split over the cores it was given."""
     print(
@@ -464,6 +487,7 @@ def all_targets():
         "results/folds/folds.csv",
         *expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
         "results/summary.md",
+        "results/machine.json",  # the machine check's record (it also runs as every run starts)
         *expand(
             "results/{variant}/{name}",
             variant=VARIANTS,

@@ -21,6 +21,6 @@ rule check_machine:
         train=config["train"],
         score=scoring_settings(),
         model=config["model"],
-        check=config["machine_check"],
+        check=machine_check_settings(),
     script:
         "../scripts/check_machine.py"
