@@ -1,6 +1,7 @@
-"""One small run, read two ways: images whose text no one can read (the run says so at its end and atop its
-summary), and `train.keep_fold_models: false` (each fold's model folder goes once everything that reads it has
-run). One run rather than two: a workflow run is minutes on 2 cores, and neither setting touches the other."""
+"""One small run, read three ways: images whose text no one can read (the run says so at its end and atop its
+summary), `train.keep_fold_models: false` (each fold's model folder goes once everything that reads it has run),
+and host memory for one fine-tune only (`--resources mem_mb`: the folds run one after the other). One run rather
+than three: a workflow run is minutes on 2 cores, and no setting touches the others."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import json
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
+
+from vlmflow.runtime.memory import base_model_size, rule_memory
+from vlmflow.runtime.plan import load_config
 
 from conftest import run_snakemake, small_demo_config
 
@@ -33,13 +37,21 @@ def unreadable_run(tmp_path_factory, demo_models) -> tuple:
     for path in images:
         Image.open(path).filter(ImageFilter.GaussianBlur(12)).save(path)
     averaged = "results/baseline_ocr/average_folds/test_probs.parquet"
-    result = run_snakemake(workdir, config, "--cores", "2", "all", averaged)
-    return workdir, result
+    # Host memory for one fold fine-tune beside any other job, not two (the rules' mem_mb, vlmflow.runtime.memory:
+    # 3,021 MB a tiny fold, 3,003 MB a scoring job): the two folds, which --cores 2 would otherwise train at once,
+    # must run one after the other, while the rest of the run keeps its two jobs at a time.
+    resolved = load_config([], config)
+    needs = rule_memory(resolved, base_model_size(resolved), labels=25)
+    fold_mb = needs["fine_tune"].host_mb
+    assert needs["scoring"].host_mb < fold_mb
+    machine = f"mem_mb={2 * fold_mb - 1}"
+    result = run_snakemake(workdir, config, "--cores", "2", "all", averaged, "--resources", machine)
+    return workdir, result, fold_mb
 
 
 @pytest.mark.slow
 def test_a_run_on_unreadable_images_warns_that_ocr_read_nothing_and_nothing_was_learned(unreadable_run):
-    workdir, result = unreadable_run
+    workdir, result, _ = unreadable_run
     stages = json.loads((workdir / "results/baseline_ocr/accounting/stages.json").read_text(encoding="utf-8"))
     ocr = next(stage for stage in stages["stages"] if stage["stage"] == "ocr")
     assert ocr["records_in"] == 30 and ocr["with_text"] < 15
@@ -52,7 +64,7 @@ def test_a_run_on_unreadable_images_warns_that_ocr_read_nothing_and_nothing_was_
 
 @pytest.mark.slow
 def test_fold_models_are_removed_once_scored_and_averaged(unreadable_run):
-    workdir, result = unreadable_run
+    workdir, result, _ = unreadable_run
     for fold in (0, 1):
         folder = workdir / f"results/baseline_ocr/fold{fold}"
         assert not (folder / "model").exists(), f"fold {fold}'s model is left on disk"
@@ -61,3 +73,17 @@ def test_fold_models_are_removed_once_scored_and_averaged(unreadable_run):
         assert (folder / "llamafactory.yaml").is_file()
     assert (workdir / "results/baseline_ocr/average_folds/model/model.safetensors").is_file()
     assert "Removing temporary output results/baseline_ocr/fold0/model" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_fine_tunes_never_overlap_when_the_memory_holds_one(unreadable_run):
+    workdir, result, fold_mb = unreadable_run
+    assert f"mem_mb={fold_mb}" in result.stdout + result.stderr  # the fold jobs declared it
+    spans = []
+    for fold in (0, 1):
+        benchmark = workdir / f"benchmarks/train/baseline_ocr/fold{fold}.tsv"
+        seconds = pd.read_csv(benchmark, sep="\t")["s"].iloc[0]
+        end = benchmark.stat().st_mtime  # written as the job ends
+        spans.append((end - seconds, end))
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert second_start >= first_end - 1.0, f"the folds overlapped: {spans}"
