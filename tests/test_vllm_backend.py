@@ -27,8 +27,16 @@ from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
 from vlmflow.model import vllm_backend
-from vlmflow.model.scoring import ScoringRequest, load_scorer, longest_sequence_tokens, reason_slot, score_table
+from vlmflow.model.scoring import (
+    ScoringRequest,
+    extract_reason,
+    load_scorer,
+    longest_sequence_tokens,
+    reason_slot,
+    score_table,
+)
 from vlmflow.model.vllm_backend import max_model_len, score_tables_in_vllm_venv, vllm_environment
+from vlmflow.prompting.prompts import answer_around_label
 
 from helpers.scoring_models import build_scoring_model
 from helpers.variants import make_variant
@@ -219,15 +227,23 @@ def test_a_failed_vllm_run_names_its_command_and_last_lines(prompts, vllm_python
     assert f"{missing}: no config.json there" in message  # the child's own error, from its last lines
 
 
-def test_max_model_len_is_the_longest_sequence_a_table_can_make_and_a_margin(scorer, prompts) -> None:
-    variant = VARIANTS[1]  # reason-first: the reason budget counts too
+def test_max_model_len_holds_every_sequence_scoring_makes(scorer, prompts) -> None:
+    # Reasons as a random model writes them: byte fragments and control characters, which take more tokens once
+    # decoded, escaped into the JSON answer and encoded again (the reason vLLM's limit counts them 8 times).
+    variant, budget = VARIANTS[1], 100
     tables = [prompts.iloc[:4], prompts.iloc[4:]]
-    longest = longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, 12)
-    assert max_model_len(scorer.encoder, tables, NAMES, variant, 12) == longest + vllm_backend.MODEL_LEN_MARGIN
+    length = max_model_len(scorer.encoder, tables, NAMES, variant, budget)
+    growth = budget * vllm_backend.REASON_TOKENS_GROWTH
+    assert length == longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, growth) + 128
     head, tail = reason_slot(variant)
-    answer = max(map(len, scorer.answer_ids(NAMES, head, tail)))
-    for row in prompts.itertuples():
-        assert len(scorer.encoder.prompt_ids(row.image_path, row.prompt, row.system)) + 12 + answer <= longest
+    requests = [ScoringRequest(row.image_path, row.prompt, row.system) for row in prompts.itertuples()]
+    generated = scorer.generate_many(requests, answer_prefix=head, stop=tail, max_new_tokens=budget)
+    for request, text in zip(requests, generated, strict=True):
+        answers = scorer.answer_ids(NAMES, *answer_around_label(variant, extract_reason(text, tail)))
+        assert (
+            len(scorer.encoder.prompt_ids(request.image, request.prompt, request.system)) + max(map(len, answers))
+            <= length
+        )
 
 
 class RecordingLLM:
@@ -269,7 +285,8 @@ def test_engine_length_and_memory_share_reach_the_llm(model_dir, scorer, prompts
     (tmp_path / "spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     vllm_backend.main([str(tmp_path / "spec.json")])
     [engine] = RecordingLLM.made
-    expected = longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, 90) + vllm_backend.MODEL_LEN_MARGIN
+    expected = max_model_len(scorer.encoder, [prompts], NAMES, variant, 90)
+    assert expected == longest_sequence_tokens(scorer.encoder, prompts, NAMES, variant, 90 * 8) + 128
     assert engine["max_model_len"] == expected
     assert engine["gpu_memory_utilization"] == 0.9
     assert engine["dtype"] == ("bfloat16" if gpu else "float32")

@@ -261,17 +261,17 @@ def longest_sequence_tokens(
     prompts: pd.DataFrame,
     labels: list[str],
     variant: PromptVariant,
-    reason_max_new_tokens: int | None,
+    reason_tokens: int | None,
 ) -> int:
     """Tokens of the longest sequence scoring a row of ``prompts`` can make: its prompt with an image at the pixel
-    cap, the reason budget (reason-first variants) and the longest label's answer (sizes the transformers
-    backend's batches and vLLM's ``max_model_len``)."""
+    cap, the longest label's answer and, for reason-first variants, ``reason_tokens`` for the reason in it (sizes
+    the transformers backend's batches and vLLM's ``max_model_len``)."""
     turns = prompts[["prompt", "system"]].drop_duplicates()  # most variants: one prompt, two system turns
     prompt = max(
         (encoder.max_prompt_tokens(row.prompt, system_of(row)) for row in turns.itertuples(index=False)), default=0
     )
     answer = max(map(len, encoder.answer_ids(labels, *answer_around_label(variant, ""))))
-    return prompt + answer + (reason_budget(variant, reason_max_new_tokens) if variant.generates_reason else 0)
+    return prompt + answer + (reason_budget(variant, reason_tokens) if variant.generates_reason else 0)
 
 
 @dataclass
@@ -304,6 +304,8 @@ class Scorer:
         what its free memory holds of the KV cache of the longest sequence (``auto_batch_size``)."""
         if self.device.type != "cuda":
             return CPU_BATCH_SIZE
+        # A reason counted at its budget: a trained model's reason encodes again to about the tokens it took, and
+        # a batch that does not fit is halved (score_table).
         tokens = longest_sequence_tokens(self.encoder, prompts, labels, variant, reason_max_new_tokens)
         return self.batch_size_for(tokens, len(labels))
 

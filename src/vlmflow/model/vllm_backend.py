@@ -82,6 +82,11 @@ GPU_MEMORY_UTILIZATION = 0.9
 # processor rounds each image side to whole patches, up to (width + height) / 56 visual tokens above the pixel
 # cap's count (33 for a 1:3 screen at 768 x 768 pixels, 50 at 1:10). 128 tokens of a 7B's cache are 7 MiB.
 MODEL_LEN_MARGIN = 128
+# A reason is scored as its text encoded again inside the JSON answer. A trained model's reason takes about the
+# tokens it was generated in; a random model's byte fragments (each decoded to U+FFFD) and control characters
+# (escaped to \u0016) up to 5.5 times as many (the tests' tiny models, 100-token reasons). vLLM refuses a request
+# longer than max_model_len, while room to spare costs one sequence's cache: 800 tokens of a 7B, 45 MiB.
+REASON_TOKENS_GROWTH = 8
 # Images per engine call on a GPU (score.batch_size null). vLLM batches within a call and keeps the call's KV in
 # its own preallocated cache, so memory does not bound the call; a bigger call keeps its scheduler full (on the
 # CPU its reason-first rate grew 17x from 1 to 64 images a call, docs/benchmarks.md).
@@ -306,10 +311,12 @@ def max_model_len(
     variant: PromptVariant,
     reason_max_new_tokens: int | None,
 ) -> int:
-    """vLLM's ``max_model_len`` for scoring ``tables``: their longest sequence and ``MODEL_LEN_MARGIN``. The
-    model's own limit (32k to 256k tokens) would make vLLM reserve room for one such sequence, which a 7B's
-    cache on a 24 GB card cannot hold beside its weights."""
-    longest = max(longest_sequence_tokens(encoder, table, labels, variant, reason_max_new_tokens) for table in tables)
+    """vLLM's ``max_model_len`` for scoring ``tables``: their longest sequence, a reason counted at
+    ``REASON_TOKENS_GROWTH`` tokens a generated one, and ``MODEL_LEN_MARGIN``. The model's own limit (32k to 256k
+    tokens) would make vLLM reserve room for one such sequence, which a 7B's cache on a 24 GB card cannot hold
+    beside its weights."""
+    reason = None if reason_max_new_tokens is None else reason_max_new_tokens * REASON_TOKENS_GROWTH
+    longest = max(longest_sequence_tokens(encoder, table, labels, variant, reason) for table in tables)
     return longest + MODEL_LEN_MARGIN
 
 
