@@ -2,7 +2,7 @@
 
 Reads LLaMA-Factory's two public dataset layouts, alpaca (instruction, input, output, optional system and
 history) and sharegpt (``conversations`` with from/value, or ``messages`` with role/content), and turns
-every record into the text-only form of ``vlmflow.prompts.to_sharegpt``: ``{"messages": [...]}`` plus
+every record into the text-only form of ``vlmflow.prompting.prompts.to_sharegpt``: ``{"messages": [...]}`` plus
 ``system`` when given. A record that cannot be read fails the job, naming its position and the problem.
 """
 
