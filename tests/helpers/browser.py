@@ -7,10 +7,7 @@ package, so browser and driver versions always match, and nothing is downloaded 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from helpers.local_server import free_port, stop_process_group, wait_for_http
+from helpers.local_server import free_port, start_mlflow, stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +33,14 @@ def missing_browser() -> list[str]:
 
 @contextmanager
 def mlflow_ui(tracking_uri: str, log_path: str | Path, timeout: float = 180) -> Iterator[str]:
-    """Serve ``tracking_uri`` with ``mlflow ui`` on a free port of 127.0.0.1 and yield its base URL.
-
-    The server runs in a process group of its own (mlflow starts uvicorn as a child), ended on exit.
-    """
+    """Serve ``tracking_uri`` with ``mlflow ui`` on a free port of 127.0.0.1 and yield its base URL; stopped on
+    exit."""
     port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "ui",
-        "--backend-store-uri",
-        tracking_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as server_log:
-        process = subprocess.Popen(
-            command,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},  # a look at local runs phones no one
-            start_new_session=True,
-        )
-        try:
-            wait_for_http(f"{url}/health", timeout, process)
-            yield url
-        finally:
-            stop_process_group(process)
+    process = start_mlflow(["ui", "--backend-store-uri", tracking_uri], port, Path(log_path), timeout)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(process)
 
 
 @contextmanager

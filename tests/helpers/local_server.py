@@ -15,7 +15,7 @@ from urllib.error import URLError
 
 from vlmflow.runtime.gpu_lease import free_port  # the library's one free_port (torchrun's MASTER_PORT)
 
-__all__ = ["free_port", "start_mlflow_server", "stop_process_group", "wait_for_http"]
+__all__ = ["free_port", "start_mlflow", "start_mlflow_server", "stop_process_group", "wait_for_http"]
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -43,25 +43,27 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
         process.wait()
 
 
-def start_mlflow_server(port: int, store: Path, timeout: float = 120) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:``port`` over the SQLite file ``store`` (artifacts beside it),
-    answering when this returns; stop it with ``stop_process_group``. Started again on the same port and
-    store, it is the same server back."""
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{store}",
-        "--artifacts-destination",
-        str(store.parent / "server-artifacts"),
-    ]
-    log = open(store.parent / "mlflow-server.log", "a")  # noqa: SIM115 - the server writes it while it runs
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def start_mlflow(arguments: list[str], port: int, log_path: Path, timeout: float = 120) -> subprocess.Popen:
+    """``mlflow <arguments>`` (``server`` or ``ui`` and their options) on 127.0.0.1:``port``, answering when this
+    returns, its output appended to ``log_path``; stop it with ``stop_process_group`` (mlflow starts uvicorn as a
+    child). Telemetry is off: a look at local runs phones no one."""
+    command = [str(Path(sys.executable).parent / "mlflow"), *arguments, "--host", "127.0.0.1", "--port", str(port)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:  # the child keeps its own handle
+        process = subprocess.Popen(
+            [*command, "--workers", "1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            start_new_session=True,
+        )
     wait_for_http(f"http://127.0.0.1:{port}/health", timeout, process)
     return process
+
+
+def start_mlflow_server(port: int, store: Path, timeout: float = 120) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:``port`` over the SQLite file ``store`` (artifacts beside it); started
+    again on the same port and store, it is the same server back."""
+    arguments = ["server", "--backend-store-uri", f"sqlite:///{store}"]
+    arguments += ["--artifacts-destination", str(store.parent / "server-artifacts")]
+    return start_mlflow(arguments, port, store.parent / "mlflow-server.log", timeout)
