@@ -19,6 +19,9 @@ from conftest import NO_SLURM_CONTROLLER, REPO, small_demo_config
 QWEN2_VL_7B = REPO / "tests" / "data" / "qwen2_vl_7b_config.json"
 # Its safetensors index lists 16,582,751,232 bytes of bf16 weights: 8,291,375,616 parameters.
 QWEN2_VL_7B_PARAMETERS = 8_291_375_616
+# Of them, the language model and its head: what a full fine-tune trains with the vision tower (631,183,360) and the
+# projector (44,575,744) frozen, LLaMA-Factory's default (tests/test_memory.py counts them).
+QWEN2_VL_7B_LANGUAGE = 7_615_616_512
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,10 @@ def test_the_model_size_is_counted_from_its_config_alone(seven_b):
     lora = {"finetuning_type": "lora", "lora": {"rank": 8}}
     assert 15e6 < size.trainable(lora) < 25e6  # rank 8 on every linear layer of the language model
     freeze = {"finetuning_type": "freeze", "freeze": {"trainable_layers": 7}}
-    assert size.trainable(freeze) == pytest.approx(QWEN2_VL_7B_PARAMETERS / 4)
+    assert size.trainable(freeze) == pytest.approx(QWEN2_VL_7B_LANGUAGE / 4)
+    assert size.trainable({"finetuning_type": "full"}) == QWEN2_VL_7B_LANGUAGE
+    tower_trained = {"finetuning_type": "full", "hyperparameters": {"freeze_vision_tower": False}}
+    assert size.trainable(tower_trained) == QWEN2_VL_7B_PARAMETERS - 44_575_744  # the projector stays frozen
 
 
 def test_the_plan_counts_the_dags_gpu_jobs_and_the_disk_of_its_models(tmp_path, seven_b):
@@ -116,14 +122,17 @@ def test_make_plan_prints_the_plan_of_the_shipped_config():
 
 
 def recipe_plan(workdir, model, machine: Machine | None = None):
-    """The plan of the recipe's training (full, z3_offload, 4 GPUs per fine-tune, bf16, best and latest checkpoint
-    kept, validation of 10 % every 5 steps of 2 x 2 a GPU) on 400 training records in 2 folds, one variant."""
+    """The plan of the recipe's training (full, z3_offload, 4 GPUs per fine-tune, bf16, the vision tower and the
+    projector frozen, best and latest checkpoint kept, validation of 10 % every 5 steps of 2 x 2 a GPU) on 400
+    training records in 2 folds, one variant."""
     config = small_demo_config(
         workdir, model={"name_or_path": str(model)}, demo={"n_train": 400}, variants=[{"name": "baseline"}]
     )
     config["train"] |= {"gpus_per_run": 4, "deepspeed": "z3_offload", "finetuning_type": "full"}
     config["train"]["hyperparameters"] = {
         "bf16": True,
+        "freeze_vision_tower": True,  # LLaMA-Factory's defaults, which config/config.yaml's demo block turns off
+        "freeze_multi_modal_projector": True,
         "num_train_epochs": 1,
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2,
@@ -141,22 +150,22 @@ def recipe_plan(workdir, model, machine: Machine | None = None):
 def test_the_plan_says_what_runs_at_once_on_the_recipes_machine_and_on_a_larger_one(tmp_path, seven_b):
     plan = recipe_plan(tmp_path, seven_b)
     assert plan.machine == Machine(gpus=4, gpu_mem_mb=24_000, host_mem_mb=120_000)  # the default: the recipe's
-    # A full fine-tune with offload needs 252,450 MB of host memory (tests/test_memory.py): not one fits 120,000.
-    assert plan.needs()["fine_tune"].host_mb == 252_450 and plan.at_once("fine_tune") == 0
+    # A full fine-tune with offload needs 182,247 MB of host memory (tests/test_memory.py): not one fits 120,000.
+    assert plan.needs()["fine_tune"].host_mb == 182_247 and plan.at_once("fine_tune") == 0
     # Scoring: 20,521 MB on one card, 18,583 MB of host memory: the 4 cards, not the host's 6, limit it.
     assert plan.at_once("scoring") == min(4 // 1, 120_000 // 18_583) == 4
     assert plan.at_once("averaging") == 120_000 // 51_749 == 2  # a CPU job: host memory alone
     text = plan.render()
-    assert "| train_fold, train_final (full, z3_offload) | 4 | 9,180 | 252,450 | none: does not fit | 0 |" in text
+    assert "| train_fold, train_final (full, z3_offload) | 4 | 9,180 | 182,247 | none: does not fit | 0 |" in text
     assert "| score_fold, score_test_shard, score_final_model | 1 | 20,521 | 18,583 | 4 | 74,332 |" in text
 
     large = replace(plan, machine=Machine(gpus=8, gpu_mem_mb=80_000, host_mem_mb=1_000_000))
-    assert large.at_once("fine_tune") == min(8 // 4, 1_000_000 // 252_450) == 2  # the GPUs limit it, not the host
-    assert "| 2 | 504,900 |" in large.render()  # their host memory together, with offload
-    # Their checkpoints: 2 fine-tunes x (best + latest + the one being written) x (bf16 model 2 B + Adam state
-    # 12 B a parameter).
+    assert large.at_once("fine_tune") == min(8 // 4, 1_000_000 // 182_247) == 2  # the GPUs limit it, not the host
+    assert "| 2 | 364,494 |" in large.render()  # their host memory together, with offload
+    # Their checkpoints: 2 fine-tunes x (best + latest + the one being written) x (bf16 model 2 B a parameter + the
+    # fp32 master and Adam state, 12 B a trained one).
     checkpoints = next(value for key, value in large.disk_bytes().items() if key.startswith("checkpoints"))
-    assert checkpoints == 2 * 3 * (2 + 12) * QWEN2_VL_7B_PARAMETERS
+    assert checkpoints == 2 * 3 * (2 * QWEN2_VL_7B_PARAMETERS + 12 * QWEN2_VL_7B_LANGUAGE)
     assert "checkpoints of the 2 fine-tune(s) running at once (3 each)" in large.render()
 
 

@@ -5,12 +5,14 @@ that Snakemake never starts jobs that do not fit together, and a machine that ca
 (``declared_machine_problems``). The machine check (``vlmflow.runtime.machine``) asks ``job_needs`` too.
 
 The numbers come from the model's ``config.json`` (``ModelSize``: parameters counted on PyTorch's meta device, no
-weight read), the fine-tuning method (full, freeze, LoRA) and the DeepSpeed stage. The bytes per parameter are
-those of mixed-precision Adam as DeepSpeed's ZeRO memory estimators count them
-(``deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs``, ``stage_1_and_2.estimate_zero2_...``;
-tests/test_memory.py checks the full fine-tune against them): bf16 weights 2 B, fp32 gradients 4 B, an fp32 master
-copy 4 B and Adam's two moments 8 B per trainable parameter. Everything beyond the model states (activations, the
-CUDA context, the process itself) is a margin, labelled below as measured or estimated.
+weight read), the fine-tuning method (full, freeze, LoRA), what LLaMA-Factory freezes (the vision tower and the
+projector, by default) and the DeepSpeed stage. On the cards, the bytes per parameter are those of mixed-precision
+Adam as DeepSpeed's ZeRO memory estimators count them (``deepspeed.runtime.zero.stage3.
+estimate_zero3_model_states_mem_needs``, ``stage_1_and_2.estimate_zero2_...``; tests/test_memory.py checks them):
+bf16 weights 2 B for every parameter, and fp32 gradients 4 B, an fp32 master copy 4 B and Adam's two moments 8 B per
+trainable one. In host memory under ``z3_offload``, what DeepSpeed allocates there (``OFFLOADED_GRADIENT_BYTES``),
+not its estimator's worst case. Everything beyond the model states (activations, the CUDA context, the process
+itself) is a margin, labelled below as measured or estimated.
 
 Units are Snakemake's: MB = 10**6 bytes.
 
@@ -37,13 +39,28 @@ WEIGHT_BYTES = {True: 2, False: 4}  # bf16, or fp32 when bf16 is off (the CPU de
 GRADIENT_BYTES = 4  # fp32 gradients the optimizer steps on
 MASTER_BYTES = {True: 4, False: 0}  # the fp32 master copy a bf16 run keeps; an fp32 run steps its own weights
 ADAM_BYTES = 8  # fp32 first and second moments
-# DeepSpeed's additional_buffer_factor (its estimators' default) on what ZeRO keeps in host memory: pinned
-# staging buffers and partitions in flight.
-OFFLOAD_BUFFER_FACTOR = 1.5
+# ZeRO-3 with optimizer and parameter offload (config/deepspeed/z3_offload.json) keeps in host memory every
+# parameter's 16-bit partition (offload_param) and, for each trainable one, the fp32 master copy and Adam's moments
+# (the ZeRO-Offload paper's 12 B: Ren et al. 2021, "ZeRO-Offload", section 4) and its gradient twice: the 16-bit
+# partition the micro-steps accumulate into (the paper's 2 B; DeepSpeed 0.19.8, requirements/deepspeed.txt,
+# deepspeed/runtime/zero/stage3.py: grad_partitions_flat_buffer, in the model's dtype, on the host under
+# offload_optimizer) and the fp32 copy CPU Adam steps on (initialize_optimizer_states' subgroup_gradient_buffer,
+# pinned, kept all run; the paper has none): 6 B. Frozen parameters have only their 16-bit partition.
+OFFLOADED_GRADIENT_BYTES = 2 + 4
+# DeepSpeed's additional_buffer_factor (its estimators' default) on what ZeRO-3 without offload keeps in host
+# memory (the live layer each rank gathers, in estimate_zero3_model_states_mem_needs). Its offload estimate
+# (estimate_zero3_model_states_mem_needs_all_live: 18 B for every parameter, trainable or not, x 1.5) is the
+# documented worst case; tests/test_memory.py shows it beside ours.
+HOST_BUFFER_FACTOR = 1.5
 # ZeRO-3 gathers one layer at a time onto the card: its 16-bit weights and gradients (the estimators' 4 B).
 LIVE_LAYER_BYTES = 4
 DEEPSPEED_STAGES = ("none", "z2", "z3", "z3_offload")
 METHODS = ("full", "freeze", "lora")
+# A full or freeze fine-tune of a vision-language model leaves the vision tower and the projector untouched unless
+# train.hyperparameters says otherwise: LLaMA-Factory's defaults (FinetuningArguments in
+# llamafactory/hparams/finetuning_args.py; get_forbidden_modules in model/model_utils/visual.py), which the schema
+# does not restate. Frozen parameters carry no gradient and no optimizer state.
+LLAMAFACTORY_FREEZES = {"freeze_vision_tower": True, "freeze_multi_modal_projector": True}
 
 # Margins beyond the model states, in MB.
 # Estimated: activations of one training rank at the recipe's batch (2 x 3,000 tokens) with gradient checkpointing
@@ -81,6 +98,8 @@ class ModelSize:
     lora_parameters: int  # of rank 1 on every linear layer of the language model: scale by the rank
     largest_layer_parameters: int = 0  # the largest module's own parameters (ZeRO-3 gathers one at a time)
     kv_bytes_per_token: int = 0  # KV cache of one token in bf16: layers x KV heads x head_dim x 2 (K, V) x 2 B
+    vision_tower_parameters: int = 0  # what freeze_vision_tower freezes (the family's vision_tower modules)
+    projector_parameters: int = 0  # what freeze_multi_modal_projector freezes (the family's projector)
 
     @classmethod
     def of(cls, name_or_path: str | Path) -> ModelSize:
@@ -88,11 +107,16 @@ class ModelSize:
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
-        from vlmflow.model.families import model_config
+        from vlmflow.model.families import family_of, model_config
 
         config = AutoConfig.for_model(**model_config(name_or_path))
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
+        family = family_of(name_or_path)
+
+        def under(keys: tuple[str, ...]) -> int:  # matched as LLaMA-Factory matches its freeze keys: a substring
+            return sum(weight.numel() for name, weight in model.named_parameters() if any(key in name for key in keys))
+
         linear = [
             module
             for name, module in model.named_modules()
@@ -109,6 +133,8 @@ class ModelSize:
                 sum(parameter.numel() for parameter in module.parameters(recurse=False)) for module in model.modules()
             ),
             kv_bytes_per_token=text.num_hidden_layers * text.num_key_value_heads * head_dim * 2 * KV_BYTES,
+            vision_tower_parameters=under(family.vision_tower),
+            projector_parameters=under(family.projector),
         )
 
     def saved_bytes(self, train: dict) -> float:
@@ -118,14 +144,21 @@ class ModelSize:
         return self.parameters * WEIGHT_BYTES[True]
 
     def trainable(self, train: dict) -> float:
-        """Parameters a fine-tune of ``train`` (config train: finetuning_type, freeze, lora) updates."""
+        """Parameters a fine-tune of ``train`` (config train: finetuning_type, freeze, lora, hyperparameters)
+        updates."""
         method = train["finetuning_type"]
         return trainable_parameters(
             self,
             method,
             trainable_layers=train.get("freeze", {}).get("trainable_layers") if method == "freeze" else None,
             lora_rank=train.get("lora", {}).get("rank") if method == "lora" else None,
+            **frozen_parts(train.get("hyperparameters", {})),
         )
+
+
+def frozen_parts(hyperparameters: dict) -> dict[str, bool]:
+    """LLaMA-Factory's two freeze switches as config train.hyperparameters sets them, its defaults otherwise."""
+    return {switch: hyperparameters.get(switch, default) for switch, default in LLAMAFACTORY_FREEZES.items()}
 
 
 # The demo's tiny random-weight model (the schema's demo.model: text width 128, 2 layers, a 4,000-token
@@ -133,8 +166,18 @@ class ModelSize:
 # parsed, and reading it would import torch at every parse; its model states (16 B x 1.3 M, 21 MB) are lost in
 # the process's own footprint, which is what its jobs need.
 DEMO_MODEL_SIZE = ModelSize(
-    parameters=1_306_112, language_layers=2, lora_parameters=5_888, largest_layer_parameters=512_000
+    parameters=1_306_112,
+    language_layers=2,
+    lora_parameters=5_888,
+    largest_layer_parameters=512_000,
+    vision_tower_parameters=142_208,
+    projector_parameters=98_816,
 )
+
+
+# Raise when ModelSize.of counts a field differently: the on-disk cache of sizes is keyed by it. 2: the vision
+# tower's and the projector's parameters.
+MODEL_SIZE_VERSION = 2
 
 
 def model_size(name_or_path: str | Path, cache: Path | None = None) -> ModelSize:
@@ -145,8 +188,10 @@ def model_size(name_or_path: str | Path, cache: Path | None = None) -> ModelSize
 
     config = json.dumps(model_config(name_or_path), sort_keys=True)
     folder = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlmflow" / "model_sizes"
-    # The fields are part of the key: a cache written before a field was added is not read.
-    key = hashlib.sha256((config + ",".join(ModelSize.__dataclass_fields__)).encode()).hexdigest()[:32]
+    # The fields and MODEL_SIZE_VERSION are part of the key: a cache written before a field was added, or before a
+    # field's counting changed, is not read.
+    fields = ",".join(ModelSize.__dataclass_fields__)
+    key = hashlib.sha256(f"{config}{fields}v{MODEL_SIZE_VERSION}".encode()).hexdigest()[:32]
     path = folder / f"{key}.json"
     if path.is_file():
         return ModelSize(**json.loads(path.read_text(encoding="utf-8")))
@@ -162,15 +207,30 @@ def model_size(name_or_path: str | Path, cache: Path | None = None) -> ModelSize
 
 
 def trainable_parameters(
-    size: ModelSize, method: str, *, trainable_layers: int | None = None, lora_rank: int | None = None
+    size: ModelSize,
+    method: str,
+    *,
+    trainable_layers: int | None = None,
+    lora_rank: int | None = None,
+    freeze_vision_tower: bool = LLAMAFACTORY_FREEZES["freeze_vision_tower"],
+    freeze_multi_modal_projector: bool = LLAMAFACTORY_FREEZES["freeze_multi_modal_projector"],
 ) -> float:
-    """Parameters a fine-tune updates: all (full); the last ``trainable_layers`` decoder layers' share (freeze; None:
-    every layer); the adapters of ``lora_rank`` on every linear layer of the language model (lora)."""
+    """Parameters a fine-tune updates: the language model, and the vision tower and the projector where their freeze
+    switch is off (full); of the language model the last ``trainable_layers`` decoder layers' share (freeze; None:
+    every layer), the tower and projector as in full; the adapters of ``lora_rank`` on every linear layer of the
+    language model (lora: with the tower unfrozen LLaMA-Factory adds adapters there too, a few M, not counted)."""
+    towers = (0 if freeze_vision_tower else size.vision_tower_parameters) + (
+        0 if freeze_multi_modal_projector else size.projector_parameters
+    )
+    language = size.parameters - size.vision_tower_parameters - size.projector_parameters
     if method == "full":
-        return size.parameters
+        return language + towers
     if method == "freeze":
+        # The embeddings and the head counted in the layers' share: an upper bound (LLaMA-Factory trains the layers
+        # alone). An unfrozen tower is counted whole: also an upper bound, since freeze trains its blocks whose index
+        # is a trained layer's (".{index}." in the name, llamafactory/model/adapter.py _setup_freeze_tuning).
         layers = min(trainable_layers or size.language_layers, size.language_layers)
-        return size.parameters * layers / size.language_layers
+        return language * layers / size.language_layers + towers
     if method == "lora":
         if lora_rank is None:
             raise ValueError("method lora needs lora_rank (config train.lora.rank)")
@@ -191,14 +251,24 @@ def fine_tune_memory(
     bf16: bool = True,
     trainable_layers: int | None = None,
     lora_rank: int | None = None,
+    freeze_vision_tower: bool = LLAMAFACTORY_FREEZES["freeze_vision_tower"],
+    freeze_multi_modal_projector: bool = LLAMAFACTORY_FREEZES["freeze_multi_modal_projector"],
 ) -> JobMemory:
     """Host memory (all ranks) and memory per card of one fine-tune of ``size`` on ``gpus`` cards (one rank each),
     with DeepSpeed ``deepspeed`` (none, z2, z3, z3_offload; None is none). ``gpus`` 0 trains on the CPU: every
-    byte is host memory. ``trainable_layers`` and ``lora_rank`` are config train.freeze and train.lora's."""
+    byte is host memory. ``trainable_layers`` and ``lora_rank`` are config train.freeze and train.lora's, the two
+    freeze switches train.hyperparameters' (``frozen_parts``)."""
     stage = deepspeed or "none"
     if stage not in DEEPSPEED_STAGES:
         raise ValueError(f"unknown DeepSpeed stage {stage!r}; one of {', '.join(DEEPSPEED_STAGES)}")
-    trainable = trainable_parameters(size, method, trainable_layers=trainable_layers, lora_rank=lora_rank)
+    trainable = trainable_parameters(
+        size,
+        method,
+        trainable_layers=trainable_layers,
+        lora_rank=lora_rank,
+        freeze_vision_tower=freeze_vision_tower,
+        freeze_multi_modal_projector=freeze_multi_modal_projector,
+    )
     ranks = max(gpus, 1)
     weights = size.parameters * WEIGHT_BYTES[bf16]
     states = trainable * (GRADIENT_BYTES + MASTER_BYTES[bf16] + ADAM_BYTES)  # partitioned by ZeRO
@@ -213,12 +283,16 @@ def fine_tune_memory(
         host = ranks * weights
     elif stage == "z3":  # everything partitioned; weights built in place (zero.Init), a layer at a time
         card = (weights + states) / ranks + live_layer
-        host = ranks * live_layer * OFFLOAD_BUFFER_FACTOR
-    else:  # z3_offload: weights and optimizer in host memory, the card holds the live layer
+        host = ranks * live_layer * HOST_BUFFER_FACTOR
+    else:  # z3_offload: weights, gradients and optimizer in host memory, the card holds the live layer
         card = live_layer
-        host = (weights + states) * OFFLOAD_BUFFER_FACTOR
+        host = weights + trainable * (MASTER_BYTES[bf16] + ADAM_BYTES + OFFLOADED_GRADIENT_BYTES)
     if stage in ("z3", "z3_offload"):
-        host += weights  # the end of training gathers the 16-bit weights on rank 0 to save them
+        # Counted at the peak: every save (each save_steps checkpoint and the model at the end) gathers the 16-bit
+        # weights into rank 0's host memory while the model states stay allocated (stage3_gather_16bit_weights_on_
+        # model_save in config/deepspeed/z3*.json; accelerate's get_state_dict -> DeepSpeed's
+        # _zero3_consolidated_16bit_state_dict, a CPU copy of each weight). The shard being written is not counted.
+        host += weights
     card_mb = _mb(card) + TRAINING_ACTIVATIONS_MB + CUDA_CONTEXT_MB
     return JobMemory(host_mb=_mb(host + processes), gpu_mb=card_mb, gpus=gpus)
 
@@ -263,6 +337,7 @@ def _fine_tune(size: ModelSize, train: dict, method: str, stage: str) -> JobMemo
         bf16=train["hyperparameters"].get("bf16", True),
         trainable_layers=train["freeze"]["trainable_layers"],
         lora_rank=train["lora"]["rank"],
+        **frozen_parts(train["hyperparameters"]),
     )
 
 
