@@ -30,7 +30,8 @@ from vlmflow.demo.pretrain import (
     answer_lines,
     generate_pretrain_corpus,
 )
-from vlmflow.model.scoring import ScoringRequest, load_scorer
+from vlmflow.model.encoding import ScoringRequest
+from vlmflow.model.scoring import load_scorer
 
 # Every possible answer of each question, in the order PROMPT asks them.
 OPTIONS = {

@@ -7,7 +7,6 @@ modules it reaches, with the dependencies the installed packages declare (the te
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from conftest import REPO
+from helpers.imports import imports_of
 
 WRITER = [sys.executable, str(REPO / "scripts" / "write_conda_envs.py")]
 # Imported by code a rule reaches, yet not from the rule's environment, each for its reason.
@@ -70,18 +70,6 @@ def rule_environments() -> dict[str, tuple[Path, Path]]:
 def module_file(name: str) -> Path | None:
     base = REPO / "src" / Path(*name.split("."))
     return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
-
-
-@cache
-def imports_of(path: Path) -> frozenset[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # `from vlmflow.model import scoring` imports a module too
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-    return frozenset(names)
 
 
 def third_party_imports(script: Path) -> set[str]:

@@ -106,7 +106,7 @@ def test_the_fold_model_on_disk_is_what_the_method_trains(method_run):
 def test_the_averaged_fold_model_is_a_full_model_that_scores(method_run):
     from transformers import AutoModelForImageTextToText
 
-    from vlmflow.model.scoring import load_model
+    from vlmflow.model.encoding import load_model
 
     workdir, family, method = method_run
     averaged = workdir / "results/baseline/average_folds/model"

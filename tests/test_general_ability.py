@@ -22,8 +22,9 @@ from vlmflow.evaluation.general_ability import (
     held_out_questions,
     normalized,
 )
+from vlmflow.model.encoding import ChatRequest
 from vlmflow.model.families import FAMILIES
-from vlmflow.model.scoring import ChatRequest, load_scorer
+from vlmflow.model.scoring import load_scorer
 from vlmflow.prompting.general_data import demo_general_records, read_general_records, split_held_out
 from vlmflow.prompting.prompts import write_llamafactory_dataset
 from vlmflow.runtime import plan

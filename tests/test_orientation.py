@@ -2,7 +2,7 @@
 once, at ingestion, into a copy every later stage reads; what each stage gets is checked pixel for pixel.
 
 The stages' own loading code runs: RapidOCR's image loader and the OCR engine (``vlmflow.data.ocr``), the
-scorer's ``open_image`` (``vlmflow.model.scoring``) and LLaMA-Factory's Qwen2-VL plugin reading the image
+scorer's ``open_image`` (``vlmflow.model.encoding``) and LLaMA-Factory's Qwen2-VL plugin reading the image
 path of the training dataset that ``write_llamafactory_dataset`` writes (``vlmflow.model.train``). Before the
 copy, they disagreed: RapidOCR honours EXIF, Pillow's ``Image.open`` (the scorer, LLaMA-Factory) does not.
 """
@@ -21,7 +21,7 @@ from vlmflow.data.accounting import IngestedSplit, ingest_count
 from vlmflow.data.ingest import EXIF_ORIENTATION, ingest_records, write_ingest_outputs
 from vlmflow.data.labels import label_names, load_labels
 from vlmflow.data.ocr import RapidOcrEngine
-from vlmflow.model.scoring import open_image
+from vlmflow.model.encoding import open_image
 from vlmflow.prompting.prompts import build_prompt_table, write_llamafactory_dataset
 
 from conftest import REPO

@@ -27,8 +27,9 @@ from vlmflow.demo.pretrain import (
     pretraining_hyperparameters,
     render_generic_screen,
 )
+from vlmflow.model.encoding import ScoringRequest
 from vlmflow.model.families import FAMILIES, base_model, demo_family
-from vlmflow.model.scoring import ScoringRequest, load_scorer
+from vlmflow.model.scoring import load_scorer
 
 from conftest import REPO, run_snakemake, small_demo_config
 

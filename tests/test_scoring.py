@@ -13,15 +13,9 @@ import torch
 from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
+from vlmflow.model.encoding import extract_reason, reason_slot, score_table
 from vlmflow.model.families import FAMILIES
-from vlmflow.model.scoring import (
-    extract_reason,
-    load_scorer,
-    merge_test_shards,
-    reason_slot,
-    score_table,
-    shard_of_test_records,
-)
+from vlmflow.model.scoring import load_scorer, merge_test_shards, shard_of_test_records
 from vlmflow.prompting.prompts import answer_around_label, write_llamafactory_dataset
 
 from helpers.scoring_models import build_scoring_model, overfit_through_llamafactory

@@ -18,15 +18,8 @@ from PIL import Image
 from transformers import AutoConfig
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
-from vlmflow.model.scoring import (
-    CPU_BATCH_SIZE,
-    MAX_BATCH_SIZE,
-    auto_batch_size,
-    kv_bytes_per_token,
-    load_scorer,
-    longest_sequence_tokens,
-    score_table,
-)
+from vlmflow.model.encoding import CPU_BATCH_SIZE, longest_sequence_tokens, score_table
+from vlmflow.model.scoring import MAX_BATCH_SIZE, auto_batch_size, kv_bytes_per_token, load_scorer
 from vlmflow.prompting.prompts import answer_around_label
 
 from helpers.scoring_models import build_scoring_model
@@ -150,7 +143,7 @@ def test_out_of_memory_halves_the_batch_and_leaves_the_scores_as_they_were(
     settings = {"reason_max_new_tokens": 6, "batch_size": 5}
     unhalved = score_table(scorer, prompts, NAMES, variant, **settings)
     small_card(2 * len(NAMES))  # from here on, the labels of more than 2 images run out of memory
-    with caplog.at_level(logging.WARNING, logger="vlmflow.model.scoring"):
+    with caplog.at_level(logging.WARNING, logger="vlmflow.model.encoding"):
         halved = score_table(scorer, prompts, NAMES, variant, **settings)
     columns = [f"p::{name}" for name in NAMES]
     assert list(halved["id"]) == list(unhalved["id"]) == [f"r{i}" for i in range(5)]
@@ -166,7 +159,7 @@ def test_out_of_memory_halves_the_batch_and_leaves_the_scores_as_they_were(
 def test_out_of_memory_at_one_image_says_what_to_do(scorer, small_card, tmp_path: Path, caplog) -> None:
     prompts = prompt_rows(tmp_path, 3)
     small_card(len(NAMES) - 1)  # not even one image's labels fit
-    with caplog.at_level(logging.WARNING, logger="vlmflow.model.scoring"):
+    with caplog.at_level(logging.WARNING, logger="vlmflow.model.encoding"):
         with pytest.raises(torch.cuda.OutOfMemoryError, match="scoring one image") as failure:
             score_table(scorer, prompts, NAMES, make_variant("plain"), batch_size=3)
     assert "image_max_pixels" in str(failure.value) and "image0.png" in str(failure.value)

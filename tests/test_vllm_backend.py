@@ -27,14 +27,8 @@ from PIL import Image
 
 from vlmflow.data.labels import baseline_prompt, label_names, load_labels
 from vlmflow.model import vllm_backend
-from vlmflow.model.scoring import (
-    ScoringRequest,
-    extract_reason,
-    load_scorer,
-    longest_sequence_tokens,
-    reason_slot,
-    score_table,
-)
+from vlmflow.model.encoding import ScoringRequest, extract_reason, longest_sequence_tokens, reason_slot, score_table
+from vlmflow.model.scoring import load_scorer
 from vlmflow.model.vllm_backend import max_model_len, score_tables_in_vllm_venv, vllm_environment
 from vlmflow.prompting.prompts import answer_around_label
 
@@ -137,7 +131,7 @@ def test_vllm_tables_equal_transformers_tables(model_dir, scorer, prompts, vllm_
 # Runs in the vLLM venv: the reasons of VllmScorer.generate_many for each stop string of a spec.
 GENERATE = """
 import json, sys
-from vlmflow.model.scoring import ScoringRequest
+from vlmflow.model.encoding import ScoringRequest
 from vlmflow.model.vllm_backend import load_vllm_scorer
 
 if __name__ == "__main__":  # vLLM's engine may start processes that import this file again

@@ -212,7 +212,8 @@ def test_a_full_fine_tune_trains_every_decoder_layer_and_the_vision_tower(demo_r
 def test_sharded_test_scores_equal_unsharded_scoring(demo_run):
     """score.shards 2 (.test/config_small.yaml): the merged table is what one job scoring every test
     record gives."""
-    from vlmflow.model.scoring import load_scorer, score_table
+    from vlmflow.model.encoding import score_table
+    from vlmflow.model.scoring import load_scorer
 
     workdir = demo_run.workdir
     fold = workdir / "results/baseline_ocr/fold1"

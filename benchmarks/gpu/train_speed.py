@@ -422,7 +422,7 @@ def table_throughput(scorer, prompts, names: list[str], batch_size: int, args: a
     repeated to ``--throughput-images`` rows; one batch warms up."""
     import torch
 
-    from vlmflow.model.scoring import score_table
+    from vlmflow.model.encoding import score_table
 
     variant = baseline_variant()
     rows = throughput_rows(prompts, args)

@@ -105,7 +105,8 @@ def answer_questions(
 ) -> list[str]:
     """Greedy answers of the model in ``model_dir`` (a saved model, a LoRA adapter or a hub id), in batches of
     ``batch_size`` (score.batch_size; ``None``: what the card holds, ``Scorer.batch_size_for``)."""
-    from vlmflow.model.scoring import ChatRequest, load_scorer  # torch: only the jobs that generate load it
+    from vlmflow.model.encoding import ChatRequest  # torch: only the jobs that generate load it
+    from vlmflow.model.scoring import load_scorer
 
     scorer = load_scorer(model_dir, device=device, num_threads=threads)
     longest = max(len(scorer.encoder.text_ids(q.answer)) for q in questions)

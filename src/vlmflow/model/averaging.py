@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vlmflow.model.scoring import ADAPTER_CONFIG, load_model
+from vlmflow.model.encoding import ADAPTER_CONFIG, load_model
 
 log = logging.getLogger(__name__)
 

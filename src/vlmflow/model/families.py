@@ -6,8 +6,9 @@ depends on the family is here: LLaMA-Factory's template, the vision tower and pr
 names LLaMA-Factory's freeze flags use), the pixels behind one visual token, the tokens and chat template
 of the family's tokenizer, and the shape of a tiny random-weight demo model of its real architecture.
 
-The scorer takes its token layout from the LLaMA-Factory template named here (``vlmflow.model.scoring``) and its
-M-RoPE positions from the model's own ``get_rope_index``, the function LLaMA-Factory's collator calls.
+Scoring takes its token layout from the LLaMA-Factory template named here (the ``PromptEncoder`` of
+``vlmflow.model.encoding``), and the transformers backend (``vlmflow.model.scoring``) its M-RoPE positions from the
+model's own ``get_rope_index``, the function LLaMA-Factory's collator calls.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The vLLM scoring backend (``score.backend: vllm``): the transformers backend's tables, computed by vLLM.
 
 Prompts, answers and images go through the same ``PromptEncoder`` as the transformers backend
-(``vlmflow.model.scoring``), so both backends score the same token ids and pixels and ``score_table``
+(``vlmflow.model.encoding``), so both backends score the same token ids and pixels and ``score_table``
 drives both; only the forward passes differ.
 
 Scores. A label's score is the summed log-probability of its answer tokens after the part every label
@@ -46,12 +46,13 @@ import numpy as np
 import pandas as pd
 
 import vlmflow
-from vlmflow.model.scoring import (
+from vlmflow.model.encoding import (
     ADAPTER_CONFIG,
     CPU_BATCH_SIZE,
     PromptEncoder,
     ScoringRequest,
     load_encoder,
+    load_model,
     longest_sequence_tokens,
     score_table,
     shared_prefix_length,
@@ -235,8 +236,6 @@ def merge_lora(adapter_dir: str | Path, out_dir: Path, dtype: str) -> None:
     """
     import torch
     from transformers import AutoProcessor
-
-    from vlmflow.model.scoring import load_model
 
     load_model(adapter_dir, getattr(torch, dtype)).save_pretrained(out_dir)
     AutoProcessor.from_pretrained(adapter_dir).save_pretrained(out_dir)
