@@ -5,7 +5,6 @@ and an old-driver machine print; flash-attn, DeepSpeed's op builder and the vLLM
 are written here in ``memory.job_needs``'s form, so the check is tested apart from the memory model.
 """
 
-import importlib.util
 import json
 import shutil
 import sys

@@ -294,21 +294,28 @@ OCR_SHARDS, OCR_THREADS = ocr_jobs(
 def machine_check_settings():
     """config machine_check, off where jobs run on other machines (a cluster executor): this process's machine is
     then the submitting host, which says nothing of the GPU nodes."""
-    return {**config["machine_check"], "enabled": config["machine_check"]["enabled"] and not workflow.non_local_exec}
+    return {
+        **config["machine_check"],
+        "enabled": config["machine_check"]["enabled"] and not workflow.non_local_exec,
+    }
 
 
 def check_machine_at_start():
     """The machine check (vlmflow.runtime.machine) as a run with jobs to do starts, before its first job: a machine
-    that cannot run the GPU jobs stops the run here, every problem named. Not a rule input: Snakemake would redo
+    that cannot run the GPU jobs stops the run here, every problem named. Not an input of the GPU rules: Snakemake would redo
     finished fine-tunes whenever the report is remade (a failed check deletes it). Rule check_machine writes the
     same report to results/machine.json and MLflow; a CPU run passes without a probe."""
     from vlmflow.runtime.machine import MachineRequest, examine, write_report
     from vlmflow.runtime.memory import job_needs
 
     request = MachineRequest.of(
-        config["train"], scoring_settings(), machine_check_settings(), deepspeed_config() or None
+        config["train"],
+        scoring_settings(),
+        machine_check_settings(),
+        deepspeed_config() or None,
     )
-    found = examine(request, lambda: job_needs(config))  # not `report`: a Snakemake keyword
+    # `found`, not `report`: that is a Snakemake keyword.
+    found = examine(request, lambda: job_needs(config))
     if found.problems:
         write_report("logs/machine/machine.json", found)
         raise WorkflowError(found.message("logs/machine/machine.json"))
