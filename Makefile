@@ -107,8 +107,8 @@ demo-teacher: install
 test: install install-vllm test-system-packages
 	$(BIN)/python -m pytest $(TEST_WORKERS)
 
-# The daily loop: library units and rule-level runs; no fine-tune, whole-workflow run or lost tracking server (under
-# 3 minutes on 2 cores).
+# The daily loop: library units and rule-level runs; no fine-tune, whole-workflow run, lost tracking server or page
+# in a browser (under 3 minutes on 2 cores).
 test-fast: install install-vllm test-system-packages
 	$(BIN)/python -m pytest $(TEST_WORKERS) -m "not slow"
 

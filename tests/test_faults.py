@@ -71,7 +71,10 @@ def test_parallel_writers_on_one_sqlite_store_lose_no_run(tmp_path):
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, "faults", tmp_path / "artifacts")
     parent = start_variant_run(client, experiment_id, "baseline", {"ocr": False})
-    context = multiprocessing.get_context("spawn")
+    # Fresh processes (no store or engine of this one inherited), forked from a server that imported this module once:
+    # six spawned interpreters each importing it took 40 s of the fast loop.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     workers = [context.Process(target=write_runs, args=(uri, experiment_id, parent, w)) for w in range(6)]
     for worker in workers:
         worker.start()

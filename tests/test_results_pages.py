@@ -58,6 +58,7 @@ def test_report_opens_in_chromium_on_the_summary_and_a_variants_loss_curves(demo
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 20_000
 
 
+@pytest.mark.slow  # an MLflow UI server and headless Chromium: 45 s of the fast loop
 @needs_browser
 def test_the_printed_address_shows_the_variants_best_out_of_fold_f1_first_in_its_own_column(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
