@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 import yaml
 
-from vlmflow.runtime.outputs import write_text_atomically
+from vlmflow.runtime.json_cache import JsonCache
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ CACHE_NAMESPACES = {"rapidocr": "rapidocr3"}
 
 
 class OcrCache:
-    """One JSON file per image, ``<cache_dir>/<engine>[-<options hash>]/<sha[:2]>/<sha>.json``.
+    """One JSON file per image, ``<cache_dir>/<engine>[-<options hash>]/<sha[:2]>/<sha>.json``
+    (vlmflow.runtime.json_cache).
 
     Shared by runs and datasets. Engine options that change what is read (detection size, model
     folders) get their own namespace, so a changed setting never serves text read the old way.
@@ -234,30 +235,21 @@ class OcrCache:
         if options:
             digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
             namespace = f"{namespace}-{digest[:12]}"
-        self.folder = Path(cache_dir) / namespace
+        self.entries = JsonCache(Path(cache_dir) / namespace, "OCR")
+        self.folder = self.entries.folder
 
     def path(self, sha: str) -> Path:
         if not _SHA256.fullmatch(sha):
             raise ValueError(f"not a lower-case sha256 hex digest: {sha!r}")
-        return self.folder / sha[:2] / f"{sha}.json"
+        return self.entries.path(sha)
 
     def get(self, sha: str) -> OcrResult | None:
-        path = self.path(sha)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return OcrResult([OcrLine(**line) for line in data["lines"]], data["text"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as error:  # a damaged entry is redone, not fatal
-            log.warning("ignoring unreadable OCR cache entry %s: %s", path, error)
-            return None
+        self.path(sha)  # the digest checked
+        return self.entries.read(sha, lambda data: OcrResult([OcrLine(**line) for line in data["lines"]], data["text"]))
 
     def put(self, sha: str, result: OcrResult) -> None:
-        path = self.path(sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"lines": [asdict(line) for line in result.lines], "text": result.text}
-        # Atomic: parallel shards and killed jobs never leave half an entry.
-        write_text_atomically(path, json.dumps(entry, ensure_ascii=False))
+        self.path(sha)
+        self.entries.write(sha, {"lines": [asdict(line) for line in result.lines], "text": result.text})
 
 
 # OCR jobs when the run gives no core count (a cluster executor): its nodes take them as they come.

@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from vlmflow.data.labels import Label
-from vlmflow.runtime.outputs import write_text_atomically
+from vlmflow.runtime.json_cache import JsonCache
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO; hundreds of those lines would drown the progress lines.
@@ -219,14 +219,16 @@ class TeacherClient:
 
 
 class TeacherCache:
-    """One JSON file per answer, ``<cache_dir>/<key[:2]>/<key>.json``, key = sha256 of what decides the answer.
+    """One JSON file per answer, ``<cache_dir>/<key[:2]>/<key>.json``, key = sha256 of what decides the answer
+    (vlmflow.runtime.json_cache).
 
     The key covers the image's sha256, the full prompt, the model and the generation options, so a changed
     prompt or model is asked afresh and an unchanged one never is, whatever run or variant asks.
     """
 
     def __init__(self, cache_dir: str | Path, model: str, generation: Mapping | None = None) -> None:
-        self.folder = Path(cache_dir)
+        self.entries = JsonCache(cache_dir, "teacher")
+        self.folder = self.entries.folder
         self.model = model
         self.generation = dict(generation or {})
 
@@ -235,25 +237,14 @@ class TeacherCache:
         return hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def path(self, image_sha256: str, prompt: str) -> Path:
-        key = self.key(image_sha256, prompt)
-        return self.folder / key[:2] / f"{key}.json"
+        return self.entries.path(self.key(image_sha256, prompt))
 
     def get(self, image_sha256: str, prompt: str) -> str | None:
-        path = self.path(image_sha256, prompt)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))["text"]
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as error:  # a damaged entry is asked again, not fatal
-            log.warning("ignoring unreadable teacher cache entry %s: %s", path, error)
-            return None
+        return self.entries.read(self.key(image_sha256, prompt), lambda data: data["text"])
 
     def put(self, image_sha256: str, prompt: str, text: str) -> None:
-        path = self.path(image_sha256, prompt)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"image_sha256": image_sha256, "prompt": prompt, "model": self.model, **self.generation, "text": text}
-        # Atomic: a killed job never leaves half an entry for the resumed run to trip on.
-        write_text_atomically(path, json.dumps(entry, ensure_ascii=False))
+        self.entries.write(self.key(image_sha256, prompt), entry)
 
 
 @contextmanager
