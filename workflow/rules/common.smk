@@ -305,17 +305,9 @@ def check_machine_at_start():
     that cannot run the GPU jobs stops the run here, every problem named. Not an input of the GPU rules: Snakemake would redo
     finished fine-tunes whenever the report is remade (a failed check deletes it). Rule check_machine writes the
     same report to results/machine.json and MLflow; a CPU run passes without a probe."""
-    from vlmflow.runtime.machine import MachineRequest, examine, write_report
-    from vlmflow.runtime.memory import job_needs
+    from vlmflow.runtime.machine import examine_run, write_report
 
-    request = MachineRequest.of(
-        config["train"],
-        scoring_settings(),
-        machine_check_settings(),
-        deepspeed_config() or None,
-    )
-    # `found`, not `report`: that is a Snakemake keyword.
-    found = examine(request, lambda: job_needs(config))
+    found = examine_run(config, scoring_settings(), machine_check_settings(), deepspeed_config() or None)
     if found.problems:
         write_report("logs/machine/machine.json", found)
         raise WorkflowError(found.message("logs/machine/machine.json"))

@@ -4,20 +4,11 @@ import logging
 import sys
 
 from vlmflow.runtime.logfile import log_to
-from vlmflow.runtime.machine import MachineRequest, examine, log_report_to_mlflow, write_report
+from vlmflow.runtime.machine import examine_run, log_report_to_mlflow, write_report
 
 log_to(snakemake.log.log)
 params = snakemake.params
-request = MachineRequest.of(params.train, params.score, params.check, snakemake.input.deepspeed or None)
-
-
-def needs() -> dict:
-    from vlmflow.runtime.memory import job_needs  # what one job needs (issue 28, item 1)
-
-    return job_needs(snakemake.config)
-
-
-report = examine(request, needs)
+report = examine_run(snakemake.config, params.score, params.check, snakemake.input.deepspeed or None)
 logging.info("machine check: %s (the report: %s)", report.status, snakemake.log.report)
 write_report(snakemake.log.report, report)
 write_report(snakemake.output.machine, report)

@@ -272,6 +272,14 @@ def examine(request: MachineRequest, needs: Callable[[], dict]) -> MachineReport
     return check_machine(needs(), probe_machine(request), request)
 
 
+def examine_run(config: dict, score: dict, check: dict, deepspeed_file: str | Path | None) -> MachineReport:
+    """The check of a run's configuration (the rule's and the run's start alike): what it asks of the machine, against
+    what one of its jobs needs (``memory.job_needs``)."""
+    from vlmflow.runtime.memory import job_needs
+
+    return examine(MachineRequest.of(config["train"], score, check, deepspeed_file), lambda: job_needs(config))
+
+
 def probe_machine(request: MachineRequest) -> MachineFacts:
     """The facts ``check_machine`` reads, probing optional features only where ``request`` asks for them."""
     from vlmflow.runtime.gpu_lease import gpu_pool
