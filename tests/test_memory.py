@@ -299,3 +299,15 @@ def test_the_demo_sizes_its_jobs_without_reading_its_model(monkeypatch):
     assert memory.base_model_size({"model": {"name_or_path": None}, "demo": {"model_family": "qwen2_vl"}}) == (
         DEMO_MODEL_SIZE
     )
+
+
+def test_the_demo_models_size_is_what_the_rule_builds(tmp_path):
+    """DEMO_MODEL_SIZE stands for the tiny model at parse time, before a rule builds it: it must count the same."""
+    from vlmflow.demo.tiny_model import build_demo_model
+    from vlmflow.runtime.plan import load_config
+
+    demo = load_config([])["demo"]  # the schema's demo.model, as the shipped config builds it
+    model = build_demo_model(
+        tmp_path / "tiny", REPO / "config" / "labels.yaml", family="qwen2_vl", seed=demo["seed"], size=demo["model"]
+    )
+    assert memory.ModelSize.of(model) == DEMO_MODEL_SIZE

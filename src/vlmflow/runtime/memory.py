@@ -162,14 +162,15 @@ def frozen_parts(hyperparameters: dict) -> dict[str, bool]:
 
 
 # The demo's tiny random-weight model (the schema's demo.model: text width 128, 2 layers, a 4,000-token
-# vocabulary) as ModelSize.of counts the built one. A rule builds it, so it does not exist when the workflow is
-# parsed, and reading it would import torch at every parse; its model states (16 B x 1.3 M, 21 MB) are lost in
-# the process's own footprint, which is what its jobs need.
+# vocabulary) as ModelSize.of counts the built one (tests/test_memory.py builds it and compares). A rule builds it,
+# so it does not exist when the workflow is parsed, and reading it would import torch at every parse; its model
+# states (16 B x 1.3 M, 21 MB) are lost in the process's own footprint, which is what its jobs need.
 DEMO_MODEL_SIZE = ModelSize(
     parameters=1_306_112,
     language_layers=2,
     lora_parameters=5_888,
-    largest_layer_parameters=512_000,
+    largest_layer_parameters=269_696,
+    kv_bytes_per_token=1_024,
     vision_tower_parameters=142_208,
     projector_parameters=98_816,
 )
