@@ -307,7 +307,9 @@ def check_machine_at_start():
     same report to results/machine.json and MLflow; a CPU run passes without a probe."""
     from vlmflow.runtime.machine import examine_run, write_report
 
-    found = examine_run(config, scoring_settings(), machine_check_settings(), deepspeed_config() or None)
+    found = examine_run(
+        config, scoring_settings(), machine_check_settings(), deepspeed_config() or None
+    )
     if found.problems:
         write_report("logs/machine/machine.json", found)
         raise WorkflowError(found.message("logs/machine/machine.json"))
