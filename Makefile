@@ -9,8 +9,9 @@ CORES ?= all
 # results an older vlmflow made instead of rerunning every job whose code changed since. They come last:
 # options such as --rerun-triggers and --forcerun take every word after them.
 SNAKEMAKE_ARGS ?=
-# Configuration laid over config/config.yaml by make demo (make demo-full sets it).
-DEMO_CONFIG ?=
+# The demo's configuration, laid over config/config.yaml (a real run's) by make demo, report, lint and the tests:
+# config/demo.yaml, and config/demo_full.yaml over it for make demo-full.
+DEMO_CONFIG ?= config/demo.yaml
 RANKING := oof_weighted_f1
 STAMP := $(VENV)/.installed
 # make test's pytest-xdist workers: two, one per core of a small machine. Much of a test is one process
@@ -63,12 +64,12 @@ $(VLLM_STAMP): requirements/vllm-torch.txt requirements/vllm.txt requirements/vl
 test-system-packages:
 	bash scripts/install_system_packages.sh font slurm chromium
 
-# The first look: the demo cut to about 15 minutes of workflow on 2 cores (config/config.yaml). The
+# The first look: the demo cut to about 15 minutes of workflow on 2 cores (config/demo.yaml). The
 # install's time (once per machine) and the workflow's are printed apart at the end.
 demo: install
-	@started=$$(date +%s); $(BIN)/snakemake --cores $(CORES) $(DEMO_CONFIG) $(SNAKEMAKE_ARGS) \
+	@started=$$(date +%s); $(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) $(SNAKEMAKE_ARGS) \
 		&& echo $$(( $$(date +%s) - started )) > results/workflow_seconds
-	$(BIN)/snakemake --report results/report.html $(DEMO_CONFIG)
+	$(BIN)/snakemake --report results/report.html --configfile $(DEMO_CONFIG)
 	@echo; echo "Ablation summary (results/summary.md, chart results/summary.png):"; echo
 	@cat results/summary.md
 	@echo; echo "Report (summary, loss curves, confusion matrices, label review, pseudo-labels, configuration):"
@@ -80,13 +81,14 @@ demo: install
 	@echo "Screenshots of both: make screenshots (results/screenshots/)"
 	@echo "Time: install $$(cat $(VENV)/.install_seconds 2>/dev/null || echo '?') s (once per machine), workflow $$(cat results/workflow_seconds) s (this make)"
 
-# The larger demo (config/demo_full.yaml over config/config.yaml): about an hour on 2 cores.
+# The larger demo (config/demo_full.yaml over config/demo.yaml): about an hour on 2 cores.
 demo-full:
-	$(MAKE) --no-print-directory demo DEMO_CONFIG="--configfile config/demo_full.yaml"
+	$(MAKE) --no-print-directory demo DEMO_CONFIG="config/demo.yaml config/demo_full.yaml"
 
-# The Snakemake report of the finished run: every result marked report() with its caption.
+# The Snakemake report of the finished demo: every result marked report() with its caption. Of your own run:
+# .venv/bin/snakemake --report results/report.html
 report: install
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/snakemake --report results/report.html --configfile $(DEMO_CONFIG)
 
 # Headless Chromium's view of the report and the MLflow UI of the finished run (Debian's chromium and
 # chromium-driver; scripts/install_system_packages.sh installs them as root).
@@ -97,11 +99,11 @@ screenshots: report
 # The demo with a teacher model: LLaMA-Factory's API server serves the tiny model on 127.0.0.1 for
 # the run (reason and describe-then-classify variants), and stops with it. See docs/teacher.md.
 demo-teacher: install
-	$(BIN)/snakemake --cores $(CORES) resources/demo/tiny-qwen2-vl $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) resources/demo/tiny-qwen2-vl $(SNAKEMAKE_ARGS)
 	scripts/teacher_server.sh > logs/teacher_server.log 2>&1 & server=$$!; \
 	trap "kill $$server" EXIT; \
 	for i in $$(seq 120); do curl -sf http://127.0.0.1:8008/v1/models >/dev/null && break; sleep 1; done; \
-	$(BIN)/snakemake --cores $(CORES) --configfile config/teacher_demo.yaml $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) config/teacher_demo.yaml $(SNAKEMAKE_ARGS)
 	@cat results/summary.md
 
 test: install install-vllm test-system-packages
@@ -119,7 +121,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile workflow
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile $(DEMO_CONFIG)
 
 dry-run: install
 	$(BIN)/snakemake -n

@@ -95,7 +95,7 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
 
 def dag_build_seconds() -> tuple[float, int]:
     """Dry run from nothing with 5 variants x 5 folds; returns seconds and planned jobs."""
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
     config["variants"] = [{"name": f"variant{i}", "ocr": i % 2 == 1} for i in range(5)]
     config["final"]["ablation_variants"] = None  # every variant: the largest DAG of 5 variants
@@ -121,7 +121,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     triggers = ["--rerun-triggers", *args.rerun_triggers] if args.rerun_triggers else []
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}\n")
 

@@ -30,7 +30,9 @@ KEY_ENV = "VLMFLOW_TEST_TEACHER_KEY"
 KEY = "s3cret-test-key"
 
 
-# The reduced demo (.test/config_small.yaml, which a person can run by hand) and its teacher variant.
+# The demo's overlay, the reduced demo laid over it (.test/config_small.yaml, which a person can run by hand) and
+# its teacher variant.
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
 SMALL_CONFIG = REPO / ".test" / "config_small.yaml"
 TEACHER_CONFIG = REPO / ".test" / "config_teacher.yaml"
 # The reduced demo's CPU training settings, cut to a handful of steps.
@@ -38,9 +40,14 @@ SMALL_TRAINING = yaml.safe_load(SMALL_CONFIG.read_text(encoding="utf-8"))["train
 
 
 def small_demo_config(workdir: Path, **overrides) -> dict:
-    """The reduced demo (.test/config_small.yaml): a few dozen images, 2 folds, the tiny model on the CPU;
-    ``overrides`` replace top-level keys, merged one level deep for mappings."""
-    config = yaml.safe_load(SMALL_CONFIG.read_text(encoding="utf-8"))
+    """The reduced demo (config/demo.yaml, then .test/config_small.yaml, merged as Snakemake merges
+    configfiles): a few dozen images, 2 folds, the tiny model on the CPU; ``overrides`` replace top-level keys,
+    merged one level deep for mappings. The scratch folder has no config/config.yaml, and needs none: the demo's
+    overlay sets everything a real run's file does."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    update_config(config, yaml.safe_load(SMALL_CONFIG.read_text(encoding="utf-8")))
     config["labels"] = str(REPO / "config" / "labels.yaml")  # the scratch folder has no config/
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

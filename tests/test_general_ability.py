@@ -188,12 +188,12 @@ def test_the_rule_answers_the_demo_held_out_records_and_counts_the_split(tiny_mo
 
 
 def test_a_dry_run_plans_one_evaluation_per_final_model_read_by_the_summary(tmp_path):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
     jobs = plan.planned_jobs(run_snakemake(tmp_path, config, "-n").stdout)
     evaluations = [job.wildcards for job in jobs if job.rule == "evaluate_general_ability"]
     evaluated = {(wildcards["variant"], wildcards["final_model"]) for wildcards in evaluations}
-    # The shipped ablation's combinations, each measured on its first seed's fit (the one submitted), for the
+    # The demo's ablation's combinations, each measured on its first seed's fit (the one submitted), for the
     # variant final.ablation_variants names; the other variant submits its fold ensemble
     # (final.other_variants), so only its averaged folds are a model to measure.
     first_seed = config["final"]["seeds"][0]

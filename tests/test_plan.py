@@ -109,9 +109,9 @@ def test_gpu_hours_grow_with_the_test_set_and_with_generated_reasons(tmp_path, s
     assert hours["train_fold"] == pytest.approx(base["train_fold"])
 
 
-def test_make_plan_prints_the_plan_of_the_shipped_config():
+def test_make_plan_prints_the_plan_of_the_demo():
     result = subprocess.run(
-        ["make", "--no-print-directory", "plan"],
+        ["make", "--no-print-directory", "plan", "SNAKEMAKE_ARGS=--configfile config/demo.yaml"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ Image-path confinement to the data root is tested with the ingestion (tests/test
 import ast
 import re
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -72,7 +73,8 @@ def test_mlflow_ui_and_server_bind_to_localhost_by_default():
         assert any("127.0.0.1" in line for line in code) and not any("0.0.0.0" in line for line in code)
 
 
-def test_the_shipped_config_holds_no_secret():
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_the_shipped_configs_hold_no_secret(name):
+    config = yaml.safe_load((REPO / "config" / name).read_text(encoding="utf-8"))
     text = yaml.safe_dump(config).lower()
     assert not re.search(r"(api_key|password|token)\s*:\s*\S", text)

@@ -24,8 +24,8 @@ from helpers.weights import changed_tensors, text_layers
 LABEL_NAMES = [label.name for label in load_labels(REPO / "config" / "labels.yaml")]
 
 
-def test_dry_run_of_the_shipped_config_plans_every_stage(tmp_path):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+def test_dry_run_of_the_demo_config_plans_every_stage(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])  # the scratch folder has no config/
     result = run_snakemake(tmp_path, config, "-n")
     for rule in ("make_demo_dataset", "build_tiny_model", "ingest_records", "find_duplicates", "assign_folds"):
@@ -43,17 +43,17 @@ def planned_inputs(dry_run_output: str, rule: str) -> dict[str, str]:
 
 
 def test_every_final_model_is_compared_with_the_no_step_model_on_the_same_test_images(tmp_path):
-    """The shipped config retrains a no-step model (final.ablation has []) with two seeds: every other
+    """The demo config retrains a no-step model (final.ablation has []) with two seeds: every other
     retrained fit's evaluation reads the no-step model's fit of the same seed, the averaged fold model's the
     first seed's, for the paired interval of their difference."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
     first, second = config["final"]["seeds"]
     dry_run = run_snakemake(tmp_path, config, "-n").stdout
     inputs = {
         re.search(r"final_model=([^,\n]+)", wildcards)[1]: listed
         for wildcards, listed in planned_inputs(dry_run, "evaluate_final_model").items()
-        if "variant=baseline_ocr," in wildcards  # the variant config.yaml's final.ablation_variants names
+        if "variant=baseline_ocr," in wildcards  # the variant demo.yaml's final.ablation_variants names
     }
     assert {f"retrain/none/seed{first}/round1", f"retrain/none/seed{second}/round1", "average_folds"} <= set(inputs)
     for final_model, listed in inputs.items():
@@ -107,11 +107,11 @@ def test_each_retrained_combination_is_fitted_once_per_seed_its_rounds_chained_w
 def test_a_variant_outside_final_ablation_variants_retrains_its_submission_model_once_or_not_at_all(
     tmp_path, other_variants
 ):
-    """The shipped config ablates baseline_ocr only, and the baseline submits its fold ensemble
+    """The demo config ablates baseline_ocr only, and the baseline submits its fold ensemble
     (final.other_variants fold_ensemble): it retrains nothing. With `retrain` it retrains final.steps'
     combination with the first seed and nothing else. Neither the summary nor its MLflow logging reads
     another fit of it."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text(encoding="utf-8"))
     config["labels"] = str(REPO / config["labels"])
     assert config["final"]["ablation_variants"] == ["baseline_ocr"]
     assert config["final"]["other_variants"] == "fold_ensemble"
@@ -584,7 +584,7 @@ def test_bad_records_stop_the_run_naming_them_and_skip_mode_keeps_count(tmp_path
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
         ["snakefmt", "--check", "Snakefile", "workflow"],
-        ["snakemake", "--lint"],
+        ["snakemake", "--lint", "--configfile", "config/demo.yaml"],  # the shipped config names data to bring
     ],
     ids=["ruff", "ruff-format", "snakefmt", "snakemake-lint"],
 )

@@ -9,7 +9,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vlmflow.model.families import base_model as resolve_base_model
 from vlmflow.model.families import FAMILIES, demo_family
+from vlmflow.data.ingest import missing_data
 from vlmflow.data.labels import load_labels
+from vlmflow.demo import DEMO_DATA
 from vlmflow.data.ocr import ocr_jobs
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.runtime.memory import (
@@ -37,6 +39,10 @@ from vlmflow.recipe.steps import (
 )
 
 SPLITS = ["train", "test"]
+# No data, no run: said here, before the base model is looked up, with the keys to set.
+_no_data = missing_data(config["data"], set(DEMO_DATA.values()))
+if _no_data:
+    raise WorkflowError(_no_data)
 # The base model and its family (template, loader, vision modules): an unsupported one fails here, at start.
 BASE_MODEL, MODEL_FAMILY = resolve_base_model(
     config["model"]["name_or_path"],

@@ -8,9 +8,9 @@ rule make_demo_dataset:
     input:
         labels=config["labels"],
     output:
-        train="resources/demo/train.json",
-        test="resources/demo/test.json",
-        truth="resources/demo/truth.csv",
+        train=DEMO_DATA["train"],
+        test=DEMO_DATA["test"],
+        truth=DEMO_DATA["truth"],
         images=directory("resources/demo/images"),
     log:
         "logs/demo/make_demo_dataset.log",

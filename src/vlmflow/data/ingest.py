@@ -40,6 +40,27 @@ REENCODE = "re-encode the file as UTF-8"
 DIALOGUE_SUBTASK_MARKER = "你是一个电商客服专家"
 
 
+def missing_data(data: dict, made_by_the_workflow: set[str], workdir: Path = Path(".")) -> str | None:
+    """What stops a run before its first job, or None: data.train or data.test unset, or a data file (truth
+    included) that is neither there nor written by one of the workflow's rules (the demo's files are). Checked when
+    the workflow is parsed, so that a fresh clone's `snakemake -n` says what to set rather than which rule lacks
+    an input."""
+    problems = []
+    for key in ("train", "test", "truth"):
+        path = data.get(key)
+        if path is None:
+            if key != "truth":  # no truth is a run without test metrics
+                problems.append(f"data.{key} is not set")
+        elif path not in made_by_the_workflow and not (workdir / path).is_file():
+            problems.append(f"data.{key} names {path}, which does not exist in {workdir.resolve()}")
+    if not problems:
+        return None
+    return (
+        f"{'; '.join(problems)}. Set data.train and data.test in config/config.yaml to your records (README, "
+        '"Your own data"), or run `make demo` for the embedded demo (config/demo.yaml laid over config/config.yaml).'
+    )
+
+
 class DataFileError(ValueError):
     """A whole data file cannot be read: missing, empty, not UTF-8, or not valid JSON/CSV."""
 
