@@ -30,11 +30,8 @@ from vlmflow.runtime.machine import (
 )
 
 from conftest import BIN, REPO, run_snakemake, small_demo_config
+from helpers.nvidia_smi import A30_MACHINE, H100_MACHINE, OLD_DRIVER_MACHINE, write_fake_nvidia_smi
 
-# What `nvidia-smi --query-gpu=driver_version,name,memory.total,memory.free --format=csv,noheader,nounits` prints.
-A30_MACHINE = "535.104.05, NVIDIA A30, 24576, 24060\n" * 4
-H100_MACHINE = "580.95.05, NVIDIA H100 80GB HBM3, 81559, 81008\n" * 8
-OLD_DRIVER_MACHINE = "470.199.02, NVIDIA A100-SXM4-80GB, 81920, 81038\n" * 8
 GB = 1024
 HOST_120_GB = 120 * GB
 CUDA_12 = ("2.5.1+cu124", "12.4")  # a torch built for CUDA 12, which the A30 machine's 535 driver runs
@@ -67,20 +64,7 @@ def fake_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
     def install(recorded: str) -> str:
-        folder = tmp_path / "fake-bin"
-        folder.mkdir(exist_ok=True)
-        (folder / "recorded.csv").write_text(recorded, encoding="utf-8")
-        listing = "".join(
-            f"GPU {index}: {line.split(', ')[1]} (UUID: GPU-{index})\n"
-            for index, line in enumerate(recorded.splitlines())
-        )
-        (folder / "listing.txt").write_text(listing, encoding="utf-8")
-        script = folder / "nvidia-smi"
-        script.write_text(
-            f'#!/bin/sh\nif [ "$1" = "-L" ]; then cat {folder}/listing.txt; else cat {folder}/recorded.csv; fi\n',
-            encoding="utf-8",
-        )
-        script.chmod(0o755)
+        folder = write_fake_nvidia_smi(tmp_path / "fake-bin", recorded)
         monkeypatch.setenv("PATH", f"{folder}:{BIN}:/usr/bin:/bin")
         return str(folder)
 
