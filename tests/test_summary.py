@@ -12,6 +12,7 @@ from vlmflow.evaluation.summary import (
     idle_steps_note,
     plot_ablation,
     seed_points,
+    summarize_ablation,
     summary_metrics,
     to_markdown,
     with_general_ability,
@@ -259,3 +260,60 @@ def test_a_retrained_model_whose_steps_changed_no_record_is_named_as_such():
     assert idle_steps_note({"baseline": {"applied": 2}}, {"baseline": {"retrain_correction": {"pseudo": 0}}}) == ""
     note = idle_steps_note({"b": {"applied": 0}}, {"b": {"retrain_correction": {"pseudo": 9}}})
     assert "retrain, correction (b: correction applied no label)." in note
+
+
+def variant_metrics(oof: float, blind: float) -> dict:
+    """metrics.json of a variant; ``blind``: the majority-class and chance predictors' weighted F1."""
+    return {
+        "oof_weighted_f1": oof,
+        "oof_weighted_f1_low": oof - 0.05,
+        "oof_weighted_f1_high": oof + 0.05,
+        "oof_majority_weighted_f1": blind,
+        "oof_chance_weighted_f1": blind,
+        "test_weighted_f1": oof,
+    }
+
+
+def test_the_whole_summary_is_written_from_the_runs_results(tmp_path):
+    difference = {
+        f"test_weighted_f1_minus_none{end}": value
+        for end, value in zip(("", "_low", "_high"), (0.15, 0.08, 0.22), strict=True)
+    }
+    finals = {"retrain_none": {"test_weighted_f1": 0.60}, "retrain_correction": {"test_weighted_f1": 0.75} | difference}
+    ocr_stage = {"stage": "ocr", "records_in": 10, "with_text": 1}
+    summary = summarize_ablation(
+        ["baseline", "baseline_ocr"],
+        metrics={"baseline": variant_metrics(0.8, 0.2), "baseline_ocr": variant_metrics(0.3, 0.3)},
+        accounting={"baseline": {"stages": []}, "baseline_ocr": {"stages": [ocr_stage]}},
+        corrections={"baseline": {"applied": 0}, "baseline_ocr": {"applied": 0}},
+        final_models={"baseline": finals, "baseline_ocr": {}},
+        submitted={"baseline": "retrain_correction", "baseline_ocr": "average_folds"},
+        general={"baseline": {"retrain_none": {"accuracy": 0.5, "n": 4}}, "baseline_ocr": {}},
+        first_fits={"baseline": {"retrain_correction": {"pseudo": 0, "general_records": 3}}},
+        base_general={"accuracy": 0.75, "correct": 3, "n": 4},
+        min_ocr_text_share=0.5,
+    )
+    assert list(summary.table["variant"]) == ["baseline", "baseline_ocr"]
+    assert summary.table["general_accuracy.retrain_none"].tolist()[0] == 0.5
+    # baseline_ocr reaches the blind predictors and its OCR read 10% of its images; baseline is clean.
+    assert len(summary.warnings) == 2 and all("baseline_ocr" in warning for warning in summary.warnings)
+    assert summary.markdown.startswith("## Warnings")
+    assert "Steps that changed nothing: retrain, correction (baseline: correction applied no label)" in summary.markdown
+    assert "the untuned base model, for reference: 0.750 (3 of 4)" in summary.markdown
+    metrics = summary.metrics()
+    assert metrics["baseline.oof_weighted_f1"] == 0.8
+    assert metrics["baseline.test_weighted_f1_minus_none.retrain_correction"] == 0.15
+
+    paths = [tmp_path / name for name in ("summary.csv", "summary.md", "warnings.txt", "summary.png")]
+    summary.write(*paths)
+    assert paths[0].read_text(encoding="utf-8").startswith("variant,oof_weighted_f1")
+    assert paths[1].read_text(encoding="utf-8") == summary.markdown
+    assert paths[2].read_text(encoding="utf-8").splitlines() == [f"WARNING: {w}" for w in summary.warnings]
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_variant_without_its_results_is_refused():
+    with pytest.raises(KeyError):
+        summarize_ablation(
+            ["baseline"], {}, {}, {}, {"baseline": {}}, {"baseline": "average_folds"}, {"baseline": {}}, {}, None, 0.5
+        )

@@ -9,6 +9,7 @@ marks that say whether it clears the test set's luck (``*``) and the training's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlmflow.evaluation.sanity import SEED_RANGE  # noqa: E402
+from vlmflow.evaluation.sanity import SEED_RANGE, run_warnings  # noqa: E402
 from vlmflow.recipe.steps import (  # noqa: E402
     AVERAGE_FOLDS,
     FOLD_ENSEMBLE,
@@ -352,3 +353,64 @@ def plot_seed_points(axes, positions: np.ndarray, values: list[list[float] | Non
     for position, seeds in zip(positions, values, strict=True):
         if seeds:
             axes.scatter([position] * len(seeds), seeds, s=12, color="black", zorder=3)
+
+
+@dataclass(frozen=True)
+class AblationSummary:
+    """The summary of the whole run: its table, its Markdown (warnings, table and notes), its warnings, and the
+    final models' metrics (variant -> final model -> metrics) its chart and MLflow metrics draw on."""
+
+    table: pd.DataFrame
+    markdown: str
+    warnings: list[str]
+    final_models: dict[str, dict[str, dict]]
+
+    def metrics(self) -> dict[str, float]:
+        """The MLflow metrics of the summary run: the table's numbers and each final model's difference."""
+        return summary_metrics(self.table) | difference_metrics(self.final_models)
+
+    def write(self, table: str | Path, markdown: str | Path, warnings: str | Path, chart: str | Path) -> None:
+        """The table as CSV, the Markdown, the warnings one a line (the Snakefile's onsuccess prints them last)
+        and the bar chart."""
+        self.table.to_csv(table, index=False)
+        Path(markdown).write_text(self.markdown, encoding="utf-8")
+        with open(warnings, "w", encoding="utf-8") as listed:
+            listed.writelines(f"WARNING: {warning}\n" for warning in self.warnings)
+        plot_ablation(self.table, chart, difference_whiskers(self.final_models), seed_points(self.final_models))
+
+
+def summarize_ablation(
+    variants: list[str],
+    metrics: dict[str, dict],
+    accounting: dict[str, dict],
+    corrections: dict[str, dict],
+    final_models: dict[str, dict[str, dict]],
+    submitted: dict[str, str],
+    general: dict[str, dict[str, dict]],
+    first_fits: dict[str, dict[str, dict]],
+    base_general: dict | None,
+    min_ocr_text_share: float,
+) -> AblationSummary:
+    """The ablation summary from the run's results (``vlmflow.evaluation.results`` reads them), each keyed by
+    variant: ``metrics``, ``accounting`` (stages.json), ``corrections`` (correction_scores.json); variant ->
+    final model -> ``final_models`` (test metrics, a retrained model's across its seeds), ``general`` (general
+    ability), ``first_fits`` (training_set.json of a retrained model's first seed's fit); ``submitted``: the
+    final model each variant submits; ``base_general``: the untuned base model's general ability, or None."""
+    stages = {variant: report["stages"] for variant, report in accounting.items()}
+    warnings = run_warnings(metrics, stages, min_ocr_text_share)
+    rows = [
+        ablation_row(variant, metrics[variant], corrections[variant], final_models[variant], submitted[variant])
+        for variant in variants
+    ]
+    table = ablation_table([with_general_ability(row, general[row["variant"]]) for row in rows])
+    # variant -> retrained model -> general records its first seed's fit mixed in
+    mixed = {
+        variant: {name: fit["general_records"] for name, fit in fits.items()} for variant, fits in first_fits.items()
+    }
+    markdown = (
+        warnings_markdown(warnings)
+        + to_markdown(table)
+        + idle_steps_note(corrections, first_fits)
+        + general_ability_note(general, mixed, base_general)
+    )
+    return AblationSummary(table, markdown, warnings, final_models)

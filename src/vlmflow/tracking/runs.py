@@ -273,6 +273,17 @@ def log_summary_run(experiment: dict, metrics: dict[str, float], artifacts: list
     return run.info.run_id
 
 
+def record_summary_run(
+    experiment_file: str | Path, run_file: str | Path, metrics: dict[str, float], artifacts: list[str | Path]
+) -> str:
+    """Log the ablation summary's run (``log_summary_run``) in the experiment whose reference ``experiment_file``
+    holds, and write the run's reference to ``run_file``; return its id."""
+    experiment = read_run(experiment_file)
+    run_id = log_summary_run(experiment, metrics, artifacts)
+    write_run(run_file, experiment["tracking_uri"], experiment["experiment"], experiment["experiment_id"], run_id)
+    return run_id
+
+
 # The runs table a reader wants first: one run per variant, best out-of-fold weighted F1 on top, its column shown.
 VARIANT_RUNS = "tags.level = 'variant'"
 RANKING_METRIC = "oof_weighted_f1"
