@@ -26,7 +26,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # No hub downloads, ever: the demo builds its own model. Override for real models on a GPU machine.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install install-vllm test-system-packages demo demo-full demo-teacher report screenshots test test-fast lint dry-run plan bench sync-mlflow clean
+.PHONY: install install-gpu install-vllm test-system-packages demo demo-full demo-teacher report screenshots test test-fast lint dry-run plan bench sync-mlflow clean
 
 install: $(STAMP)
 
@@ -45,6 +45,14 @@ $(STAMP): requirements/torch.txt requirements/build.txt requirements/lock.txt re
 	$(BIN)/python scripts/build_deepspeed_ops.py
 	echo $$(( $$(date +%s) - $$(cat logs/install_started) )) > $(VENV)/.install_seconds
 	touch $(STAMP)
+
+# The GPU parts for the machine this runs on (scripts/install_gpu.py): make install's venv with a CUDA torch the driver
+# runs (read from nvidia-smi; on an older driver it stops and names the command to use), nvcc of torch's CUDA,
+# DeepSpeed's CPU Adam built ahead, liger-kernel and flash-attn, and $(VLLM_VENV) with the CUDA vllm. DRY_RUN=1 prints
+# the commands; TORCH_INDEX=<PyTorch's cuXYZ index> installs torch's build of an older CUDA; FLASH_ATTN_WHEEL=<path or
+# URL> installs a prebuilt flash-attn instead of building it.
+install-gpu:
+	$(PYTHON) scripts/install_gpu.py --venv $(VENV) --vllm-venv $(VLLM_VENV)
 
 # The venv of score.backend vllm: vLLM 0.32 needs torch 2.13 and transformers >= 5.16, newer than .venv
 # pins, so it gets its own (about 3 minutes and 6.5 GB). torch first, then the rest pinned, then vLLM and
