@@ -32,7 +32,7 @@ from vlmflow.runtime.machine import (
 from conftest import BIN, REPO, run_snakemake, small_demo_config
 from helpers.nvidia_smi import A30_MACHINE, H100_MACHINE, OLD_DRIVER_MACHINE, write_fake_nvidia_smi
 
-GB = 1024
+GB = 1000  # MB, as vlmflow.runtime.memory counts (10**6 bytes)
 HOST_120_GB = 120 * GB
 CUDA_12 = ("2.5.1+cu124", "12.4")  # a torch built for CUDA 12, which the A30 machine's 535 driver runs
 
@@ -115,10 +115,10 @@ def test_the_probe_reads_the_recorded_machines(fake_nvidia_smi):
     fake_nvidia_smi(A30_MACHINE)
     driver, gpus, error = probe_gpus()
     assert (driver, error) == ("535.104.05", None)
-    assert gpus == (Gpu("NVIDIA A30", 24576, 24060),) * 4
+    assert gpus == (Gpu("NVIDIA A30", 25769, 25228),) * 4  # nvidia-smi's MiB in MB
     fake_nvidia_smi(H100_MACHINE)
     driver, gpus, error = probe_gpus()
-    assert driver == "580.95.05" and len(gpus) == 8 and gpus[0].memory_mb == 81559
+    assert driver == "580.95.05" and len(gpus) == 8 and gpus[0].memory_mb == 85520
 
 
 def test_a_machine_that_fits_passes_and_lists_what_else_fits(recorded_machine):
@@ -159,9 +159,9 @@ def test_a_card_too_small_names_the_method_and_stage_that_fit(recorded_machine):
     report = check_machine(needs_of(FULL_Z2), recorded_machine(A30_MACHINE, request), request)
     (problem,) = report.problems
     assert "One fine-tune (train.finetuning_type: full, train.deepspeed: z2, train.gpus_per_run: 1)" in problem
-    assert "needs 143,360 MB on each GPU, but the smallest card here, NVIDIA A30, has 24,576 MB" in problem
+    assert "needs 140,000 MB on each GPU, but the smallest card here, NVIDIA A30, has 25,769 MB" in problem
     assert "choose one that fits this machine: train.finetuning_type: lora, train.deepspeed: none" in problem
-    assert "or train.finetuning_type: full, train.deepspeed: z3_offload, train.gpus_per_run: 1 (20,480 MB" in problem
+    assert "or train.finetuning_type: full, train.deepspeed: z3_offload, train.gpus_per_run: 1 (20,000 MB" in problem
 
 
 def test_host_memory_below_one_jobs_need(recorded_machine):
@@ -169,7 +169,7 @@ def test_host_memory_below_one_jobs_need(recorded_machine):
     fine_tune = {**FULL_Z3_OFFLOAD, "host_mb": 240 * GB}  # what profiles/slurm sizes one 7B offload fine-tune at
     report = check_machine(needs_of(fine_tune), recorded_machine(A30_MACHINE, request), request)
     (problem,) = report.problems
-    assert "needs 245,760 MB of host memory, but this machine has 122,880 MB (MemTotal)" in problem
+    assert "needs 240,000 MB of host memory, but this machine has 120,000 MB (MemTotal)" in problem
     assert "train.finetuning_type: lora, train.deepspeed: none" in problem
 
 
@@ -230,7 +230,7 @@ def test_every_problem_is_named_at_once(recorded_machine, tmp_path, monkeypatch)
         "driver 535.104.05 is too old",
         "needs 8 GPUs",
         "smallest card here, NVIDIA A30",
-        "of host memory, but this machine has 122,880 MB",
+        "of host memory, but this machine has 120,000 MB",
         "flash_attn cannot be imported",
         "libcpu_adam.so",
         "(exit status 3)",
@@ -268,7 +268,7 @@ def test_the_shipped_deepspeed_configs_and_host_memory(tmp_path):
     assert not offloads_optimizer(REPO / "config" / "deepspeed" / "z3.json")
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       131915776 kB\nMemFree:         1000 kB\n", encoding="utf-8")
-    assert host_memory_mb(meminfo) == 128824
+    assert host_memory_mb(meminfo) == 135081  # 131,915,776 KiB
 
 
 def test_an_unreachable_tracking_server_does_not_fail_the_check(tmp_path, caplog, monkeypatch):
@@ -319,4 +319,4 @@ def test_a_run_stops_before_its_first_job_with_the_message(tmp_path, fake_nvidia
     assert "One fine-tune needs 8 GPUs (train.gpus_per_run: 8) but this machine gives jobs 4" in result.stderr
     assert not (tmp_path / "results" / "baseline").exists()  # no job ran: not a prompt, not a fine-tune
     kept = json.loads((tmp_path / "logs" / "machine" / "machine.json").read_text(encoding="utf-8"))
-    assert kept["status"] == "problems" and kept["facts"]["gpus"][0]["memory_mb"] == 24576
+    assert kept["status"] == "problems" and kept["facts"]["gpus"][0]["memory_mb"] == 25769

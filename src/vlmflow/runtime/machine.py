@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vlmflow.runtime.memory import host_memory_total_mb, mib_as_mb
+
 log = logging.getLogger(__name__)
 
 # NVIDIA's minimum Linux driver per CUDA major version under minor-version compatibility: "CUDA Toolkit and
@@ -47,7 +49,7 @@ MLFLOW_TAG_CHARACTERS = 5000  # what any MLflow store keeps of an experiment tag
 @dataclass(frozen=True)
 class Gpu:
     name: str
-    memory_mb: int  # nvidia-smi's memory.total, MiB
+    memory_mb: int  # nvidia-smi's memory.total, in MB (10**6 bytes) as vlmflow.runtime.memory counts a job's need
     free_mb: int
 
 
@@ -320,9 +322,9 @@ def probe_gpus() -> tuple[str | None, tuple[Gpu, ...], str | None]:
 
 
 def _number(text: str) -> int:
-    """An nvidia-smi memory figure; "[N/A]" (some virtual GPUs) reads as 0, which no job fits."""
+    """An nvidia-smi memory figure (MiB) in MB; "[N/A]" (some virtual GPUs) reads as 0, which no job fits."""
     try:
-        return int(float(text))
+        return mib_as_mb(float(text))
     except ValueError:
         return 0
 
@@ -334,11 +336,8 @@ def probe_torch() -> tuple[str, str | None]:
 
 
 def host_memory_mb(meminfo: str | Path = "/proc/meminfo") -> int:
-    """MemTotal of ``/proc/meminfo`` (kB) in MB."""
-    for line in Path(meminfo).read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    raise ValueError(f"{meminfo} has no MemTotal line")
+    """MemTotal of ``/proc/meminfo`` in MB, read as the profile writer reads it."""
+    return host_memory_total_mb(Path(meminfo).read_text(encoding="utf-8"))
 
 
 def probe_import(module: str) -> Probe:

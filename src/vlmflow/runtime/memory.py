@@ -444,15 +444,22 @@ JOB_KINDS = {
 # The machine's totals for a local run.
 
 
+def mib_as_mb(mib: float) -> int:
+    """nvidia-smi's memory figures (MiB, with nounits) in Snakemake's MB, rounded down."""
+    return int(mib * MIB / MB)
+
+
 def gpu_memory_mb(nvidia_smi_output: str) -> list[int]:
     """Each card's memory in MB from `nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits` (MiB)."""
-    return [int(float(line) * MIB / MB) for line in nvidia_smi_output.split() if line.strip()]
+    return [mib_as_mb(float(line)) for line in nvidia_smi_output.split() if line.strip()]
 
 
 def host_memory_total_mb(meminfo: str) -> int:
     """MemTotal of /proc/meminfo (kB, which the kernel means as KiB) in MB."""
-    kib = int(re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)[1])
-    return kib * 1024 // MB
+    found = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
+    if not found:
+        raise ValueError("/proc/meminfo has no MemTotal line")
+    return int(found[1]) * 1024 // MB
 
 
 def machine_resources(cards_mb: list[int], host_mb: int) -> list[str]:
