@@ -53,3 +53,33 @@ def tracked_fine_tune(
         run_id = start_child_run(MlflowClient(server), parent["experiment_id"], parent["run_id"], variant, name, **tags)
         fine_tune(server, run_id)
     write_run(run_file, server, parent["experiment"], parent["experiment_id"], run_id)
+
+
+def fine_tune_job(job, *, name: str, train: Callable[..., Path], **tags: str) -> None:
+    """A fine-tune rule's job (``train_fold``, ``train_final``): ``tracked_fine_tune`` with what both rules give
+    the same way, taken from ``job``, the script's ``snakemake`` object: ``input.parent_run`` (the variant's run
+    reference), ``input.deepspeed`` (its config, empty without), ``output.run`` (the run reference to write),
+    ``output.model``, ``output.config`` (the trainer's YAML, whose folder is the fine-tune's work folder),
+    ``log[0]``, ``threads``, ``resources.gpu``, ``params.training`` (base model, template, method,
+    hyper-parameters, ranks, seed) and ``wildcards.variant``.
+
+    ``train`` is ``vlmflow.model.train.train_fold`` or ``train_model`` with what differs bound; it is called with
+    the rest: ``workdir``, ``deepspeed_config``, ``log_path``, ``threads``, the ``training`` params and
+    ``extra_env`` (MLflow's variables for the trainer)."""
+    tracked_fine_tune(
+        parent_run=job.input.parent_run,
+        run_file=job.output.run,
+        model_dir=job.output.model,
+        variant=job.wildcards.variant,
+        name=name,
+        gpus=job.resources.gpu,
+        train=lambda mlflow_environment: train(
+            workdir=Path(job.output.config).parent,
+            deepspeed_config=job.input.deepspeed or None,
+            log_path=job.log[0],
+            threads=job.threads,
+            **job.params.training,
+            extra_env=mlflow_environment,
+        ),
+        **tags,
+    )
