@@ -1,9 +1,17 @@
 """Record accounting on 3-record tables: counts per stage, flags, and a lost record named."""
 
+import json
+
 import pandas as pd
 import pytest
 
-from vlmflow.data.accounting import IngestedSplit, RecordsLostError, account_records
+from vlmflow.data.accounting import (
+    IngestedSplit,
+    RecordsLostError,
+    account_records,
+    read_ingested,
+    write_accounting,
+)
 
 
 def ingested(ids, labels, rejected=()):
@@ -81,3 +89,24 @@ def test_ingest_counts_that_disagree_with_its_tables_fail(stages):
     splits["train"].counts["records_in"] = 5
     with pytest.raises(RecordsLostError, match=r"stage ingest \(train\): the counts"):
         account_records(splits, ocr, "v", prompts, folds, report, warn_chars=20)
+
+
+def test_the_accounting_reads_each_splits_files_and_writes_stages_and_issues(stages, tmp_path):
+    splits, ocr, prompts, folds, report = stages
+    files = {"records": [], "rejected": [], "counts": []}
+    for name, split in splits.items():
+        files["records"].append(tmp_path / f"{name}.parquet")
+        files["rejected"].append(tmp_path / f"{name}_rejected.csv")
+        files["counts"].append(tmp_path / f"{name}_counts.json")
+        split.records.to_parquet(files["records"][-1], index=False)
+        split.rejected.to_csv(files["rejected"][-1], index=False)
+        files["counts"][-1].write_text(json.dumps(split.counts), encoding="utf-8")
+    read = read_ingested(**files)
+    assert list(read) == ["train", "test"] and read["train"].counts == splits["train"].counts
+    assert list(read["train"].rejected["id"]) == ["r4"]
+    counted, issues = account_records(read, ocr, "baseline_ocr", prompts, folds, report, warn_chars=20)
+    write_accounting(counted, issues, tmp_path / "stages.json", tmp_path / "issues.csv")
+    assert json.loads((tmp_path / "stages.json").read_text(encoding="utf-8")) == {"stages": counted}
+    assert len(pd.read_csv(tmp_path / "issues.csv")) == len(issues) > 0
+    with pytest.raises(ValueError):
+        read_ingested(files["records"], files["rejected"][:1], files["counts"])

@@ -43,6 +43,15 @@ class IngestedSplit:
         )
 
 
+def read_ingested(records: list[str], rejected: list[str], counts: list[str]) -> dict[str, IngestedSplit]:
+    """Each split's ingestion outputs by split, the name of its records file (``results/data/<split>.parquet``);
+    the three lists name one split's files at the same place."""
+    return {
+        Path(split_records).stem: IngestedSplit.read(split_records, split_rejected, split_counts)
+        for split_records, split_rejected, split_counts in zip(records, rejected, counts, strict=True)
+    }
+
+
 @dataclass
 class StageCount:
     stage: str
@@ -201,3 +210,11 @@ def account_records(
         )
     issues = pd.concat([count.issues for count in counts if len(count.issues)] or [pd.DataFrame(columns=ISSUE_COLUMNS)])
     return stages, issues.reset_index(drop=True)
+
+
+def write_accounting(
+    stages: list[dict], issues: pd.DataFrame, stages_path: str | Path, issues_path: str | Path
+) -> None:
+    """``account_records``' result: the stages' counts as JSON (``{"stages": [...]}``), the issues as CSV."""
+    Path(stages_path).write_text(json.dumps({"stages": stages}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    issues.to_csv(issues_path, index=False)
