@@ -179,7 +179,7 @@ def test_fa2_without_flash_attn(recorded_machine, monkeypatch):
     report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
     (problem,) = report.problems
     assert "train.hyperparameters.flash_attn is fa2, but flash_attn cannot be imported (ModuleNotFoundError" in problem
-    assert "set train.hyperparameters.flash_attn: sdpa" in problem
+    assert "set train.hyperparameters.flash_attn: sdpa" in problem and "`make install-gpu`" in problem
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(__version__="2.8.3"))
     assert check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request).problems == []
 
@@ -205,7 +205,7 @@ def test_vllm_without_a_cuda_platform(recorded_machine, tmp_path):
     report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
     (problem,) = report.problems
     assert f"score.backend is vllm, but the vLLM venv ({python}) has no CUDA platform" in problem
-    assert "(vLLM's platform is cpu)" in problem and "make install-vllm" in problem
+    assert "(vLLM's platform is cpu)" in problem and "make install-gpu" in problem
     assert probe_vllm(fake_python(tmp_path, "echo cuda")).ok
     assert probe_vllm(tmp_path / "missing" / "python").detail.endswith("does not exist")
     assert probe_vllm(fake_python(tmp_path, "sleep 5"), timeout=0.3).detail == "vLLM did not answer in 0.3 s"

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlmflow.runtime.memory import host_memory_total_mb, mib_as_mb
+from vlmflow.runtime.memory import fitting, host_memory_total_mb, mib_as_mb
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def check_machine(needs: dict, machine: MachineFacts, request: MachineRequest) -
     fine_tune, scoring = needs["fine_tune"], needs["scoring"]
     gpus = len(machine.pool)
     card_mb = min((gpu.memory_mb for gpu in machine.gpus), default=0)
-    fits = [option for option in needs["alternatives"] if _fits(option, gpus, card_mb, machine.host_mb)]
+    fits = fitting(needs["alternatives"], gpus, card_mb, machine.host_mb)
 
     if machine.nvidia_smi_error is not None:
         problems.append(
@@ -189,7 +189,7 @@ def check_machine(needs: dict, machine: MachineFacts, request: MachineRequest) -
         problems.append(
             "train.hyperparameters.flash_attn is fa2, but flash_attn cannot be imported "
             f"({machine.flash_attn.detail}); LLaMA-Factory would only log this and train with SDPA. Fix: "
-            "`pip install flash-attn --no-build-isolation` (the gpu extra, README), or set "
+            "`make install-gpu` (it builds flash-attn with --no-build-isolation), or set "
             "train.hyperparameters.flash_attn: sdpa."
         )
     if machine.cpu_adam is not None and not machine.cpu_adam.ok:
@@ -203,15 +203,11 @@ def check_machine(needs: dict, machine: MachineFacts, request: MachineRequest) -
     if machine.vllm is not None and not machine.vllm.ok:
         problems.append(
             f"score.backend is vllm, but the vLLM venv ({request.vllm_python}) has no CUDA platform "
-            f"({machine.vllm.detail}). Fix: `make install-vllm` on this machine (a CUDA build of vLLM), or set "
-            "score.backend: transformers."
+            f"({machine.vllm.detail}). Fix: `make install-gpu` on this machine (the CUDA vllm; make install-vllm is "
+            "the CPU build), or set score.backend: transformers."
         )
     status = "problems" if problems else "ok"
     return MachineReport(status, request, machine, needs, problems, fits)
-
-
-def _fits(option: dict, gpus: int, card_mb: int, host_mb: int) -> bool:
-    return option["gpus"] <= gpus and option["gpu_mb"] <= card_mb and option["host_mb"] <= host_mb
 
 
 def _driver_problems(driver: str, cuda: str, torch: str | None) -> list[str]:

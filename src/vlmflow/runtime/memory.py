@@ -413,16 +413,24 @@ def declared_machine_problems(
     return problems
 
 
+def fitting(alternatives: list[dict], gpus: int | None, card_mb: int | None, host_mb: int | None) -> list[dict]:
+    """The ways of training (job_needs' ``alternatives``) that a machine of ``gpus`` cards of ``card_mb`` and
+    ``host_mb`` of host memory runs, in their order (None: not known, no limit). Both the check of the resources
+    given to Snakemake (``declared_machine_problems``) and the check of the machine itself
+    (``vlmflow.runtime.machine.check_machine``) name these."""
+    return [
+        option
+        for option in alternatives
+        if (gpus is None or option["gpus"] <= gpus)
+        and (host_mb is None or option["host_mb"] <= host_mb)
+        and (card_mb is None or option["gpu_mb"] <= card_mb)
+    ]
+
+
 def _what_fits(kind: str, alternatives: list[dict], gpu: int | None, mem_mb: int | None, gpu_mem_mb: int | None):
     if kind != "fine_tune":
         return "Run it on a machine with more memory (score.batch_size null fits the batch to the card)."
-    fits = [
-        option
-        for option in alternatives
-        if (gpu is None or option["gpus"] <= gpu)
-        and (mem_mb is None or option["host_mb"] <= mem_mb)
-        and (gpu_mem_mb is None or option["gpu_mb"] <= gpu_mem_mb)
-    ]
+    fits = fitting(alternatives, gpu, gpu_mem_mb, mem_mb)
     if not fits:
         return "No fine-tuning method or DeepSpeed stage fits it on this many GPUs: give the run more memory."
     shown = ", ".join(
