@@ -1,3 +1,6 @@
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +11,8 @@ from vlmflow.evaluation.metrics import (
     mean_fold_probabilities,
     per_class_report,
     plot_confusion_matrix,
+    read_out_of_fold,
+    write_variant_evaluation,
 )
 
 LABELS = ["退款页面", "退货页面", "支付页面"]
@@ -77,3 +82,33 @@ def test_test_set_metrics_score_predictions_against_the_truth():
     assert test_set_metrics(submission, None, column="predict") == {"n": 2}
     metrics = test_set_metrics(submission, truth, column="predict")
     assert metrics["test_accuracy"] == 0.5 and metrics["test_n"] == 2
+
+
+def test_a_variants_evaluation_is_read_by_fold_and_written_to_its_outputs(tmp_path):
+    given = pd.DataFrame({"id": list("abcd"), "label": ["退款页面", "退货页面", "支付页面", "退货页面"]})
+    paths = []
+    for fold, table in {
+        1: predictions(["c", "d"], [[0.1, 0.1, 0.8], [0.6, 0.3, 0.1]]),
+        0: predictions(["a", "b"], [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1]]),
+    }.items():
+        (tmp_path / f"fold{fold}").mkdir()
+        paths.append(str(tmp_path / f"fold{fold}" / "oof_probs.parquet"))
+        table.to_parquet(paths[-1], index=False)
+    out_of_fold = read_out_of_fold(paths)
+    assert list(out_of_fold) == [1, 0] and list(out_of_fold[0]["id"]) == ["a", "b"]
+    evaluation = evaluate_variant(out_of_fold, [predictions(["t"], [[0.5, 0.4, 0.1]])], given, truth=None)
+    names = ["report.csv", "confusion_matrix.png", "out_of_fold.parquet", "test.parquet", "fold_metrics.csv"]
+    outputs = SimpleNamespace(**{name.split(".")[0]: tmp_path / name for name in [*names, "metrics.json"]})
+    outputs.fold_reports = [tmp_path / f"fold{fold}_report.csv" for fold in (0, 1)]
+    outputs.fold_matrices = [tmp_path / f"fold{fold}_matrix.png" for fold in (0, 1)]
+    write_variant_evaluation(evaluation, LABELS, "baseline", outputs)
+    assert json.loads(outputs.metrics.read_text(encoding="utf-8")) == pytest.approx(evaluation[0])
+    assert pd.read_csv(outputs.fold_metrics)["fold"].tolist() == [0, 1]
+    assert pd.read_parquet(outputs.out_of_fold)["id"].tolist() == ["c", "d", "a", "b"]
+    assert pd.read_csv(outputs.report)["label"].tolist() == LABELS
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in [outputs.confusion_matrix, *outputs.fold_matrices])
+    assert len(pd.read_csv(outputs.fold_reports[1])) == len(LABELS)
+    with pytest.raises(ValueError, match="longer"):  # zip(strict=True): a report for each fold, no more
+        write_variant_evaluation(
+            evaluation, LABELS, "baseline", SimpleNamespace(**vars(outputs) | {"fold_reports": []})
+        )

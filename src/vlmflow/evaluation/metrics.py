@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -121,6 +124,33 @@ def evaluate_variant(
             f"test_{key}": value for key, value in classification_metrics(test["true_label"], test["predicted"]).items()
         }
     return metrics, pd.DataFrame(fold_rows), oof, test
+
+
+FOLD_IN_PATH = re.compile(r"fold(\d+)")
+
+
+def read_out_of_fold(paths: Iterable[str]) -> dict[int, pd.DataFrame]:
+    """Each fold's held-out predictions, by the fold number its path names (``.../fold<k>/...``)."""
+    return {int(FOLD_IN_PATH.search(str(path))[1]): pd.read_parquet(path) for path in paths}
+
+
+def write_variant_evaluation(
+    evaluation: tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame], labels: list[str], variant: str, outputs
+) -> None:
+    """Write what ``evaluate_variant`` returned to ``outputs``, the rule's outputs by name: the per-class report
+    (``report``) and confusion matrix (``confusion_matrix``) out of fold, each fold's (``fold_reports``,
+    ``fold_matrices``), the out-of-fold and the fold-averaged test predictions (``out_of_fold``, ``test``), the
+    per-fold metrics (``fold_metrics``, CSV) and the metrics (``metrics``, JSON)."""
+    metrics, fold_metrics, oof, test = evaluation
+    per_class_report(oof["given_label"], oof["predicted"], labels).to_csv(outputs.report, index=False)
+    title = f"{variant}: out of fold, weighted F1 {metrics['oof_weighted_f1']:.3f}"
+    plot_confusion_matrix(oof["given_label"], oof["predicted"], labels, outputs.confusion_matrix, title)
+    write_fold_reports(oof, labels, outputs.fold_reports, outputs.fold_matrices)
+    oof.to_parquet(outputs.out_of_fold, index=False)
+    test.to_parquet(outputs.test, index=False)
+    fold_metrics.to_csv(outputs.fold_metrics, index=False)
+    with open(outputs.metrics, "w", encoding="utf-8") as metrics_file:
+        json.dump(metrics, metrics_file, indent=2)
 
 
 def write_fold_reports(oof: pd.DataFrame, labels: list[str], reports: list[str], matrices: list[str]) -> None:
