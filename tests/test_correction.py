@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,3 +214,10 @@ def test_the_correction_stage_in_one_call_flags_applies_overrides_reviews_and_co
     assert correction.summary["applied"] == 4  # r00 and r05 applied, r20 and r29 relabelled; r10 rejected
     assert correction.summary == correction.summary | noise_detection_scores(issues, truth)
     assert "退款成功" in page.read_text(encoding="utf-8")
+    paths = [tmp_path / name for name in ("corrections.csv", "decisions.csv", "corrected.parquet", "scores.json")]
+    correction.write(*paths)
+    assert pd.read_csv(paths[0], dtype=str)["id"].tolist() == correction.issues["id"].tolist()
+    assert pd.read_csv(paths[1])["decision"].tolist() == correction.decisions["decision"].tolist()
+    assert pd.read_parquet(paths[2]).equals(correction.corrected)
+    assert json.loads(paths[3].read_text(encoding="utf-8")) == pytest.approx(correction.summary)
+    assert paths[3].read_text(encoding="utf-8").endswith("}\n")

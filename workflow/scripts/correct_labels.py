@@ -1,8 +1,5 @@
 """Flag training labels the out-of-fold models disagree with, apply them per the overrides, write a review page."""
 
-import json
-from pathlib import Path
-
 import pandas as pd
 
 from vlmflow.data.duplicates import read_duplicate_table
@@ -24,12 +21,9 @@ correction = correct_labels(
     overrides_path=snakemake.params.overrides_path,
     apply=snakemake.params.apply,
     ocr_text=text_by_record(train, pd.read_parquet(snakemake.input.ocr) if snakemake.input.ocr else None),
-    review_html=Path(output.review),
+    review_html=output.review,
     truth=pd.read_csv(snakemake.input.truth) if snakemake.input.truth else None,
     duplicate_conflicts=read_duplicate_table(snakemake.input.duplicate_conflicts),
 )
-correction.issues.to_csv(output.corrections, index=False)
-correction.decisions.to_csv(output.decisions, index=False)
-correction.corrected.to_parquet(output.corrected, index=False)
-Path(output.scores).write_text(json.dumps(correction.summary, indent=2) + "\n", encoding="utf-8")
+correction.write(output.corrections, output.decisions, output.corrected, output.scores)
 output.commit()

@@ -8,6 +8,7 @@ hand-corrected about 3% of the labels. Flags come from the fold models' held-out
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -229,6 +230,13 @@ class Correction:
     corrected: pd.DataFrame
     summary: dict
 
+    def write(self, issues: str | Path, decisions: str | Path, corrected: str | Path, scores: str | Path) -> None:
+        """The flags and the decisions as CSV, the corrected table as Parquet, the counts as JSON."""
+        self.issues.to_csv(issues, index=False)
+        self.decisions.to_csv(decisions, index=False)
+        self.corrected.to_parquet(corrected, index=False)
+        Path(scores).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+
 
 def correct_labels(
     train: pd.DataFrame,
@@ -240,7 +248,7 @@ def correct_labels(
     overrides_path: str,
     apply: str,
     ocr_text: dict[str, str],
-    review_html: Path,
+    review_html: str | Path,
     truth: pd.DataFrame | None = None,
     duplicate_conflicts: pd.DataFrame | None = None,
 ) -> Correction:
@@ -253,5 +261,5 @@ def correct_labels(
         issues = with_duplicate_conflicts(issues, duplicate_conflicts)
     overrides = read_overrides(overrides_path, labels)
     corrected, decisions = apply_corrections(train, issues, overrides, apply)
-    review_page(issues, train, ocr_text, review_html, overrides_path, labels=labels, overrides=overrides)
+    review_page(issues, train, ocr_text, Path(review_html), overrides_path, labels=labels, overrides=overrides)
     return Correction(issues, decisions, corrected, correction_summary(issues, decisions, truth))
