@@ -57,7 +57,7 @@ ENVIRONMENTS = [
     ),
 ]
 # flash-attn is built on the GPU machine against its torch and CUDA, so no version of ours fits every machine;
-# PaddleOCR is an opt-in engine the tests never install (README, OCR), so the lock has no version of it.
+# PaddleOCR is an opt-in engine the tests never install (docs/stages.md, OCR), so the lock has no version of it.
 UNPINNED = {"flash-attn", "paddleocr", "paddlepaddle-gpu"}
 
 

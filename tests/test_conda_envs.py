@@ -25,7 +25,7 @@ WRITER = [sys.executable, str(REPO / "scripts" / "write_conda_envs.py")]
 # Imported by code a rule reaches, yet not from the rule's environment, each for its reason.
 ELSEWHERE = {
     "vllm": "the vLLM backend runs it in its own venv (score.vllm_python), never in the rule's environment",
-    "paddleocr": "ocr.engine paddleocr only, an opt-in engine with its own install (README, OCR)",
+    "paddleocr": "ocr.engine paddleocr only, an opt-in engine with its own install (docs/stages.md, OCR)",
     "paddle": "ocr.engine paddleocr only",
     "flash_attn": "envs/gpu-extras.yaml, laid over the training environment on a GPU machine",
 }

@@ -20,7 +20,7 @@ PATH = re.compile(
 # A pattern or a placeholder, not a path: a wildcard, <fold>, {variant}, ...
 PLACEHOLDER = re.compile(r"[*<>{}]|\.\.\.")
 # Folders a user makes, which a fresh clone does not have.
-MADE_BY_THE_USER = {"config/label_overrides"}  # the label review's decisions (README, "Label review")
+MADE_BY_THE_USER = {"config/label_overrides"}  # the label review's decisions (docs/stages.md, "The review page")
 
 
 def documents() -> dict[str, str]:

@@ -57,7 +57,8 @@ def missing_data(data: dict, made_by_the_workflow: set[str], workdir: Path = Pat
         return None
     return (
         f"{'; '.join(problems)}. Set data.train and data.test in config/config.yaml to your records (README, "
-        '"Your own data"), or run `make demo` for the embedded demo (config/demo.yaml laid over config/config.yaml).'
+        '"Your own data and model"), or run `make demo` for the embedded demo '
+        "(config/demo.yaml laid over config/config.yaml)."
     )
 
 
