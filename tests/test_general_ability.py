@@ -4,7 +4,9 @@ tiny model (batched as one at a time, and read back as llamafactory-cli trained 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -144,6 +146,43 @@ def test_answers_of_a_random_model_are_scored_not_crashed(tiny_model, one_thread
     assert len(answers) == 3 and all(isinstance(answer, str) for answer in answers)
     metrics = general_metrics(questions, answers)
     assert metrics["n"] == 3 and 0 <= metrics["accuracy"] <= 1 and len(metrics["examples"]) == 3
+
+
+def test_out_of_memory_halves_the_answers_batch_and_leaves_the_answers_as_they_were(
+    tiny_model, one_thread, monkeypatch, caplog
+):
+    """A card that holds one question at a time: the batch of 3 runs out of memory, then 1 at a time answers the
+    same (greedy decoding does not depend on the batch); one question too many for the card says what to do."""
+    from vlmflow.model import scoring
+
+    questions = held_out_questions([chat("2+2?", "4"), chat("3+3?", "6"), chat("Yes?", "yes")])
+    unhalved = answer_questions(str(tiny_model), questions, batch_size=3, threads=one_thread)
+    load = scoring.load_scorer
+
+    def small_card(*args, rows: int = 1, **kwargs):
+        scorer = load(*args, **kwargs)
+        generate = scorer.generate_chats
+
+        def within(requests, **settings):
+            if len(requests) > rows:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return generate(requests, **settings)
+
+        scorer.generate_chats = within
+        return scorer
+
+    monkeypatch.setattr(scoring, "load_scorer", small_card)
+    with caplog.at_level(logging.WARNING, logger="vlmflow.model.encoding"):
+        halved = answer_questions(str(tiny_model), questions, batch_size=3, threads=one_thread)
+    assert halved == unhalved
+    assert [record.getMessage() for record in caplog.records if "out of memory" in record.getMessage()] == [
+        "CUDA out of memory at 3 held-out general questions a batch: answering them again 1 at a time"
+    ]
+    monkeypatch.setattr(scoring, "load_scorer", lambda *args, **kwargs: small_card(*args, rows=0, **kwargs))
+    with pytest.raises(
+        torch.cuda.OutOfMemoryError, match=re.escape("answering one held-out general question ('2+2?')")
+    ):
+        answer_questions(str(tiny_model), questions[:1], batch_size=1, threads=one_thread)
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def answer_questions(
 ) -> list[str]:
     """Greedy answers of the model in ``model_dir`` (a saved model, a LoRA adapter or a hub id), in batches of
     ``batch_size`` (score.batch_size; ``None``: what the card holds, ``Scorer.batch_size_for``)."""
-    from vlmflow.model.encoding import ChatRequest  # torch: only the jobs that generate load it
+    from vlmflow.model.encoding import ChatRequest, in_batches  # torch: only the jobs that generate load it
     from vlmflow.model.scoring import load_scorer
 
     scorer = load_scorer(model_dir, device=device, num_threads=threads)
@@ -115,10 +115,16 @@ def answer_questions(
             len(scorer.encoder.chat_prompt_ids(ChatRequest(list(q.messages), q.system))) for q in questions
         )
         batch_size = scorer.batch_size_for(chat_tokens + longest + ANSWER_MARGIN_TOKENS, labels=0)
-    answers = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start : start + batch_size]
-        requests = [ChatRequest(list(q.messages), q.system) for q in batch]
-        answers += scorer.generate_chats(requests, max_new_tokens=longest + ANSWER_MARGIN_TOKENS)
-        log.info("answered %d of %d held-out general questions", len(answers), len(questions))
-    return answers
+    return in_batches(
+        questions,
+        batch_size,
+        lambda batch: scorer.generate_chats(
+            [ChatRequest(list(q.messages), q.system) for q in batch], max_new_tokens=longest + ANSWER_MARGIN_TOKENS
+        ),
+        too_large=lambda question: (
+            f"CUDA ran out of memory answering one held-out general question ({_shown(question.question)}): free the"
+            " card of other processes or answer on a card with more memory"
+        ),
+        doing=("answering", "answered", "held-out general questions"),
+        log_every=1,
+    )

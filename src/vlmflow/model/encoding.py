@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -304,28 +305,53 @@ def score_table(
     """
     if batch_size is None:
         batch_size = scorer.automatic_batch_size(prompts, labels, variant, reason_max_new_tokens)
-    rows, started, done = [], time.monotonic(), 0
-    while done < len(prompts):
-        batch = list(prompts.iloc[done : done + batch_size].itertuples(index=False))
+    rows = in_batches(
+        list(prompts.itertuples(index=False)),
+        batch_size,
+        lambda batch: score_batch(scorer, batch, labels, variant, reason_max_new_tokens),
+        too_large=lambda row: (
+            f"CUDA ran out of memory scoring one image ({row.image_path}): free the card of other processes, lower "
+            "train.hyperparameters.image_max_pixels (training and scoring resize by it: the folds train again), or "
+            "score on a card with more memory"
+        ),
+        doing=("scoring", "scored", "images"),
+        log_every=log_every,
+    )
+    return pd.DataFrame(rows, columns=["id", *(f"p::{label}" for label in labels), "predicted", "generated"])
+
+
+def in_batches(
+    items: list,
+    batch_size: int,
+    run_batch: Callable[[list], list],
+    *,
+    too_large: Callable[[object], str],
+    doing: tuple[str, str, str],
+    log_every: int = 20,
+) -> list:
+    """``run_batch`` over ``items``, ``batch_size`` at a time, its results in order. A CUDA out-of-memory error halves
+    the batch for the rest and runs the same items again, so that the results do not depend on the card (greedy
+    decoding and scores are the same at any batch); at one item it raises with ``too_large(item)``, what to do.
+    ``doing``: the verb, its past and the items' name, for the log (scoring, scored, images)."""
+    verb, past, noun = doing
+    results, started, done = [], time.monotonic(), 0
+    while done < len(items):
+        batch = items[done : done + batch_size]
         try:
-            rows += score_batch(scorer, batch, labels, variant, reason_max_new_tokens)
+            results += run_batch(batch)
         except torch.cuda.OutOfMemoryError as error:
             if len(batch) == 1:
-                raise torch.cuda.OutOfMemoryError(
-                    f"CUDA ran out of memory scoring one image ({batch[0].image_path}): free the card of other "
-                    "processes, lower train.hyperparameters.image_max_pixels (training and scoring resize by it: the "
-                    "folds train again), or score on a card with more memory"
-                ) from error
+                raise torch.cuda.OutOfMemoryError(too_large(batch[0])) from error
             # The failed batch's tensors go back to PyTorch's cache once the error is dropped, for the halves.
             batch_size = len(batch) // 2
             log.warning(
-                "CUDA out of memory at %d images a batch: scoring them again %d at a time", len(batch), batch_size
+                "CUDA out of memory at %d %s a batch: %s them again %d at a time", len(batch), noun, verb, batch_size
             )
             continue
         previously, done = done, done + len(batch)
-        if done // log_every > previously // log_every or done == len(prompts):
-            log.info("scored %d/%d images (%.2f images/s)", done, len(prompts), done / (time.monotonic() - started))
-    return pd.DataFrame(rows, columns=["id", *(f"p::{label}" for label in labels), "predicted", "generated"])
+        if done // log_every > previously // log_every or done == len(items):
+            log.info("%s %d/%d %s (%.2f %s/s)", past, done, len(items), noun, done / (time.monotonic() - started), noun)
+    return results
 
 
 def score_batch(
