@@ -1,9 +1,20 @@
+import json
+
 import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
 
 from vlmflow.data.labels import Label
-from vlmflow.recipe.final_training import balance_classes, build_final_training_set, final_training_records
+from vlmflow.recipe.final_training import (
+    balance_classes,
+    build_final_training_set,
+    final_training_records,
+    final_training_set_from_files,
+    write_final_training_set,
+)
 
-from helpers.variants import make_variant
+from helpers.variants import SCHEMA, make_variant
 
 LABELS = [Label("退款页面", "退款"), Label("退货页面", "退货"), Label("支付页面", "支付")]
 
@@ -69,3 +80,53 @@ def test_final_training_set_rebuilds_targets_from_the_new_labels_and_mixes_gener
     assert len(prompts) == 4 and report["oversampled_records"] == 1  # 支付页面 raised to the floor of 2
     assert len(sample) == 2 == report["general_records"]  # round(0.5 * 4)
     assert report["given_or_corrected"] == 3 and report["pseudo"] == 0
+
+
+@pytest.fixture
+def training_files(tmp_path):
+    """A final fit's input files as rule build_final_training_set names them, and its params."""
+    records(["a", "b", "c"], ["退款页面", "退款页面", "支付页面"]).to_parquet(tmp_path / "train.parquet", index=False)
+    records(["t1", "t2"], [None, None], prefix="test").to_parquet(tmp_path / "test.parquet", index=False)
+    pseudo = pd.DataFrame({"id": ["t2"], "label": ["退货页面"], "confidence": [0.9], "agreeing_folds": [2]})
+    pseudo.to_csv(tmp_path / "pseudo.csv", index=False)
+    pd.DataFrame({"image_sha256": ["sha-a"], "text": ["申请退款"]}).to_parquet(tmp_path / "ocr.parquet", index=False)
+    general = [{"instruction": str(i), "output": "x"} for i in range(20)]
+    (tmp_path / "general.json").write_text(json.dumps(general), encoding="utf-8")
+    labels = {"labels": [{"name": label.name, "description": label.description} for label in LABELS]}
+    (tmp_path / "labels.yaml").write_text(yaml.safe_dump(labels, allow_unicode=True), encoding="utf-8")
+    config = {"variants": [{"name": "baseline_ocr", "ocr": True}]}
+    validate(config, str(SCHEMA))
+    files = {
+        "records": tmp_path / "train.parquet",
+        "test_records": tmp_path / "test.parquet",
+        "pseudo_labels": tmp_path / "pseudo.csv",
+        "ocr": tmp_path / "ocr.parquet",
+        "teacher_reasons": [],
+        "teacher_descriptions": [],
+        "general": [tmp_path / "general.json"],
+        "labels": tmp_path / "labels.yaml",
+    }
+    params = {"variant": config["variants"][0], "class_floor": 2, "general_format": "alpaca", "general_ratio": 0.5}
+    return files, params | {"seed": 0, "warn_chars": 1000, "max_chars": 2000}
+
+
+def test_the_final_training_set_is_built_from_the_rules_files_and_written(training_files, tmp_path):
+    files, params = training_files
+    prompts, general, report = final_training_set_from_files(**files, **params)
+    assert report["given_or_corrected"] == 3 and report["pseudo"] == 1  # t2 pseudo-labelled
+    assert sorted(prompts["id"].unique()) == ["a", "b", "c", "t2"] and report["oversampled_records"] == 2
+    assert "OCR文字:申请退款" in prompts.set_index("id").loc["a", "prompt"]
+    assert len(general) == report["general_records"] > 0
+    paths = [tmp_path / name for name in ("train_prompts.parquet", "general_records.json", "training_set.json")]
+    write_final_training_set(prompts, general, report, *paths)
+    assert pd.read_parquet(paths[0]).equals(prompts.reset_index(drop=True))
+    assert json.loads(paths[1].read_text(encoding="utf-8")) == general
+    assert json.loads(paths[2].read_text(encoding="utf-8")) == report
+    without = final_training_set_from_files(**files | {"pseudo_labels": [], "general": []}, **params)
+    assert without[2]["pseudo"] == 0 and without[1] == []
+
+
+def test_a_general_data_file_in_another_format_is_refused(training_files):
+    files, params = training_files
+    with pytest.raises(ValueError, match="instruction|conversations|messages"):
+        final_training_set_from_files(**files, **params | {"general_format": "sharegpt"})

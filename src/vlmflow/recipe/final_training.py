@@ -9,13 +9,15 @@ classes below a floor and mixes in a share of general instruction records.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 
-from vlmflow.data.labels import Label
-from vlmflow.prompting.general_data import sample_general_records
-from vlmflow.prompting.prompts import build_prompt_table
+from vlmflow.data.labels import Label, load_labels
+from vlmflow.prompting.general_data import read_general_records, sample_general_records
+from vlmflow.prompting.prompts import build_prompt_table, read_prompt_inputs
 from vlmflow.prompting.variants import PromptVariant
 from vlmflow.recipe.pseudo import pseudo_training_records
 
@@ -104,3 +106,57 @@ def build_final_training_set(
         len(general),
     )
     return balanced, general, report
+
+
+def final_training_set_from_files(
+    *,
+    records: str,
+    test_records: str,
+    pseudo_labels: str | list,
+    ocr: str | list,
+    teacher_reasons: str | list,
+    teacher_descriptions: str | list,
+    general: list[str],
+    labels: str,
+    variant: dict,
+    class_floor: int,
+    general_format: str,
+    general_ratio: float,
+    seed: int,
+    warn_chars: int,
+    max_chars: int,
+) -> tuple[pd.DataFrame, list[dict], dict]:
+    """``build_final_training_set`` from rule ``build_final_training_set``'s files and params, by their names: the
+    training records (given or corrected labels), the round's pseudo-labels (empty: none) with the test records
+    they name, the prompt inputs as ``build_prompts`` reads them (empty: the variant reads none), the general data
+    (empty: none) in ``general_format``, the labels file and the variant's settings."""
+    test = pd.read_parquet(test_records)
+    pseudo = pd.read_csv(pseudo_labels) if pseudo_labels else None
+    training = final_training_records(pd.read_parquet(records), pseudo, test)
+    return build_final_training_set(
+        training,
+        variant=PromptVariant.from_config(variant),
+        labels=load_labels(labels),
+        class_floor=class_floor,
+        general_records=read_general_records(general[0], general_format) if general else [],
+        general_ratio=general_ratio,
+        seed=seed,
+        warn_chars=warn_chars,
+        max_chars=max_chars,
+        # as build_prompts reads them, so the final model trains on the prompts it is scored with
+        **read_prompt_inputs(ocr, teacher_reasons, teacher_descriptions),
+    )
+
+
+def write_final_training_set(
+    prompts: pd.DataFrame,
+    general: list[dict],
+    report: dict,
+    prompts_path: str | Path,
+    general_path: str | Path,
+    report_path: str | Path,
+) -> None:
+    """The final fit's prompts (Parquet), its sampled general records and its report (JSON)."""
+    prompts.to_parquet(prompts_path, index=False)
+    Path(general_path).write_text(json.dumps(general, ensure_ascii=False, indent=1), encoding="utf-8")
+    Path(report_path).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
