@@ -253,12 +253,37 @@ def dry_run(workdir, config, *args):
     return run_snakemake(workdir, config, "-n", "--cores", "2", *args, check=False)
 
 
+def gpu_jobs(dry_run_output: str) -> list[str]:
+    return [block for block in dry_run_output.split("\nrule ")[1:] if "gpu=" in block]
+
+
+def test_a_dry_run_of_the_recipes_defaults_on_its_machine_plans_every_gpu_job_and_says_the_run_would_stop(
+    tmp_path, seven_b, size
+):
+    """The shipped config (the recipe's full fine-tune under z3_offload on 4 GPUs) with a user's 7B and data, on
+    4 x 24 GB and 120 GB: by DeepSpeed's allocations a fine-tune needs 182,247 MB of host memory. A dry run plans
+    every job and says so; the run itself stops at start (the test below)."""
+    config = {"data": small_demo_config(tmp_path)["data"], "model": {"name_or_path": str(seven_b)}}
+    config["demo"] = {"n_train": 40, "n_test": 12}
+    config["labels"] = str(REPO / "config" / "labels.yaml")
+    result = dry_run(tmp_path / "recipe", config, *RECIPE_MACHINE)
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said[-3000:]
+    assert "WARNING: The machine given to Snakemake cannot run this workflow" in said
+    assert "needs 182,247 MB of host memory (mem_mb), but Snakemake was given mem_mb=120,000" in said
+    assert "The run itself (without -n) stops here, before its first job" in said
+    rules = {block.split(":", 1)[0] for block in gpu_jobs(result.stdout)}
+    assert rules == {"train_fold", "train_final", "score_fold", "score_final_model"}  # no general data, 1 shard
+    folds = [block for block in gpu_jobs(result.stdout) if block.startswith("train_fold")]
+    assert len(folds) == 2 * 5 and all("gpu=4, gpu_mem_mb=9180, mem_mb=120000" in block for block in folds)
+
+
 def test_a_dry_run_on_the_recipes_machine_shows_every_gpu_jobs_memory(tmp_path, seven_b, size):
     # LoRA with ZeRO-3: what the start check names as fitting 4 x 24 GB with 120 GB. The recipe's full fine-tune
-    # with offload needs 182,247 MB of host memory by DeepSpeed's allocations (the test below), above that machine.
+    # with offload needs 182,247 MB of host memory by DeepSpeed's allocations (the test above), above that machine.
     result = dry_run(tmp_path / "run", recipe_config(seven_b, finetuning_type="lora", deepspeed="z3"), *RECIPE_MACHINE)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = [block for block in result.stdout.split("\nrule ")[1:] if "gpu=" in block]
+    jobs = gpu_jobs(result.stdout)
     rules = {block.split(":", 1)[0] for block in jobs}
     assert rules == {
         "train_fold",
@@ -278,17 +303,24 @@ def test_a_dry_run_on_the_recipes_machine_shows_every_gpu_jobs_memory(tmp_path, 
     assert "rule average_fold_models:" in result.stdout and "mem_mb=51749" in result.stdout
 
 
+def start(workdir, config, *args):
+    """The run itself (no -n), which must stop before its first job."""
+    workdir.mkdir(exist_ok=True)
+    shutil.copytree(REPO / "config", workdir / "config", dirs_exist_ok=True)
+    return run_snakemake(workdir, config, "--cores", "2", *args, check=False)
+
+
 def test_a_machine_that_cannot_run_one_job_fails_at_start(tmp_path, seven_b, size):
-    result = dry_run(tmp_path / "run", recipe_config(seven_b, gpus_per_run=8), *RECIPE_MACHINE)
+    result = start(tmp_path / "run", recipe_config(seven_b, gpus_per_run=8), *RECIPE_MACHINE)
     said = result.stdout + result.stderr
     assert result.returncode != 0
     assert "The machine given to Snakemake cannot run this workflow" in said
     assert "train.gpus_per_run is 8, but Snakemake was given gpu=4" in said
     assert "needs 194,247 MB of host memory (mem_mb), but Snakemake was given mem_mb=120,000" in said
-    assert "rule train_fold:" not in said  # before any job is planned
+    assert "rule train_fold:" not in said and not (tmp_path / "run/results").exists()  # before any job
     # The recipe's own defaults on its own machine: by DeepSpeed's allocations the 7B's full fine-tune needs more
     # host memory than the 120 GB the recipe's notes report (README, "Your own GPUs").
-    result = dry_run(tmp_path / "run", recipe_config(seven_b), *RECIPE_MACHINE)
+    result = start(tmp_path / "run", recipe_config(seven_b), *RECIPE_MACHINE)
     said = result.stdout + result.stderr
     assert result.returncode != 0 and "needs 182,247 MB of host memory" in said
     assert "What fits: lora with z3_offload (45,529 MB host, 9,180 MB a GPU), lora with z3" in said

@@ -92,9 +92,14 @@ def check_declared_machine():
         alternatives=job_needs(config, MODEL_SIZE, len(LABELS))["alternatives"],
     )
     if problems:
-        raise WorkflowError(
-            "The machine given to Snakemake cannot run this workflow:\n- "
-            + "\n- ".join(problems)
+        said = "The machine given to Snakemake cannot run this workflow:\n- " + "\n- ".join(problems)
+        # A dry run plans: it lists every job with what it needs, and says that the run itself would stop here.
+        # (workflow.output_settings.dryrun is set while the Snakefile is read; workflow.dryrun is not yet.)
+        if not workflow.output_settings.dryrun:
+            raise WorkflowError(said)
+        logger.warning(
+            f"WARNING: {said}\nThe run itself (without -n) stops here, before its first job. Below, Snakemake "
+            "shows a job's mem_mb cut down to the machine's."
         )
     if declared_resource("gpu_mem_mb") is not None:
         # gpu_mem_mb is per card, and a job's cards are its own (the gpu resource leases them whole): a fit,
