@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Qwen2's added tokens, in Qwen's order. Processors and LLaMA-Factory's templates refer to them by text;
@@ -205,31 +205,30 @@ class ModelFamily:
         return f"resources/demo/pretrained-{self.demo_name}"
 
 
+QWEN2_VL = ModelFamily(
+    model_type="qwen2_vl",
+    title="Qwen2-VL",
+    template="qwen2_vl",
+    vision_tower=("visual.patch_embed", "visual.blocks"),
+    projector=("visual.merger",),
+    patch_size=14,
+    special_tokens=QWEN2_SPECIAL_TOKENS,
+    default_system="You are a helpful assistant.",
+    tiny_config=_tiny_qwen2_vl,
+    processor_classes=("Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+    example_hub_id="Qwen/Qwen2-VL-7B-Instruct",
+)
+
 FAMILIES: dict[str, ModelFamily] = {
     family.model_type: family
     for family in (
-        ModelFamily(
-            model_type="qwen2_vl",
-            title="Qwen2-VL",
-            template="qwen2_vl",
-            vision_tower=("visual.patch_embed", "visual.blocks"),
-            projector=("visual.merger",),
-            patch_size=14,
-            special_tokens=QWEN2_SPECIAL_TOKENS,
-            default_system="You are a helpful assistant.",
-            tiny_config=_tiny_qwen2_vl,
-            processor_classes=("Qwen2VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
-            example_hub_id="Qwen/Qwen2-VL-7B-Instruct",
-        ),
-        ModelFamily(
+        QWEN2_VL,
+        # Qwen2-VL's template (LLaMA-Factory serves both with one), modules, patches and tokens; its own processor
+        # and window-attention vision config.
+        replace(
+            QWEN2_VL,
             model_type="qwen2_5_vl",
             title="Qwen2.5-VL",
-            template="qwen2_vl",  # LLaMA-Factory serves Qwen2-VL and Qwen2.5-VL with one template
-            vision_tower=("visual.patch_embed", "visual.blocks"),
-            projector=("visual.merger",),
-            patch_size=14,
-            special_tokens=QWEN2_SPECIAL_TOKENS,
-            default_system="You are a helpful assistant.",
             tiny_config=_tiny_qwen2_5_vl,
             processor_classes=("Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
             example_hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
