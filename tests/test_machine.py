@@ -57,6 +57,12 @@ def request_of(**settings) -> MachineRequest:
     return MachineRequest(**{"gpus_per_run": 1, "deepspeed": "z3_offload", **settings})
 
 
+def the_problem(recorded_machine, request, fine_tune: dict, recorded: str = A30_MACHINE) -> str:
+    """The one problem the check finds with ``fine_tune`` on the recorded machine, as ``request`` asks."""
+    (problem,) = check_machine(needs_of(fine_tune), recorded_machine(recorded, request), request).problems
+    return problem
+
+
 @pytest.fixture
 def fake_nvidia_smi(tmp_path, monkeypatch):
     """Put an nvidia-smi printing ``recorded`` (and its ``-L`` listing) first on PATH; return its folder."""
@@ -148,16 +154,14 @@ def test_an_old_driver_names_the_driver_torchs_cuda_needs(recorded_machine):
 def test_fewer_gpus_than_one_job_needs(recorded_machine):
     request = request_of(gpus_per_run=8, deepspeed="z3")
     fine_tune = {**FULL_Z3_ACROSS_4, "gpus": 8, "gpu_mb": 12 * GB}
-    report = check_machine(needs_of(fine_tune), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, fine_tune)
     assert "One fine-tune needs 8 GPUs (train.gpus_per_run: 8) but this machine gives jobs 4" in problem
     assert "nvidia-smi lists 4 x NVIDIA A30" in problem and "set train.gpus_per_run to 4 or fewer" in problem
 
 
 def test_a_card_too_small_names_the_method_and_stage_that_fit(recorded_machine):
     request = request_of(deepspeed="z2")
-    report = check_machine(needs_of(FULL_Z2), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, FULL_Z2)
     assert "One fine-tune (train.finetuning_type: full, train.deepspeed: z2, train.gpus_per_run: 1)" in problem
     assert "needs 140,000 MB on each GPU, but the smallest card here, NVIDIA A30, has 25,769 MB" in problem
     assert "choose one that fits this machine: train.finetuning_type: lora, train.deepspeed: none" in problem
@@ -167,8 +171,7 @@ def test_a_card_too_small_names_the_method_and_stage_that_fit(recorded_machine):
 def test_host_memory_below_one_jobs_need(recorded_machine):
     request = request_of()
     fine_tune = {**FULL_Z3_OFFLOAD, "host_mb": 240 * GB}  # what profiles/slurm sizes one 7B offload fine-tune at
-    report = check_machine(needs_of(fine_tune), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, fine_tune)
     assert "needs 240,000 MB of host memory, but this machine has 120,000 MB (MemTotal)" in problem
     assert "train.finetuning_type: lora, train.deepspeed: none" in problem
 
@@ -176,8 +179,7 @@ def test_host_memory_below_one_jobs_need(recorded_machine):
 def test_fa2_without_flash_attn(recorded_machine, monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn raises ImportError
     request = request_of(flash_attn="fa2")
-    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, FULL_Z3_OFFLOAD)
     assert "train.hyperparameters.flash_attn is fa2, but flash_attn cannot be imported (ModuleNotFoundError" in problem
     assert "set train.hyperparameters.flash_attn: sdpa" in problem and "`make install-gpu`" in problem
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(__version__="2.8.3"))
@@ -187,8 +189,7 @@ def test_fa2_without_flash_attn(recorded_machine, monkeypatch):
 def test_offload_without_cpu_adam(recorded_machine, monkeypatch):
     fake_deepspeed(monkeypatch, error=RuntimeError("Error building extension 'cpu_adam'"))
     request = request_of(offload=True)
-    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, FULL_Z3_OFFLOAD)
     assert "train.deepspeed: z3_offload offloads the optimizer to the CPU, but DeepSpeed's CPU Adam" in problem
     assert "(RuntimeError: Error building extension 'cpu_adam')" in problem
     assert "scripts/build_deepspeed_ops.py" in problem
@@ -202,8 +203,7 @@ def test_offload_without_cpu_adam(recorded_machine, monkeypatch):
 def test_vllm_without_a_cuda_platform(recorded_machine, tmp_path):
     python = fake_python(tmp_path, 'echo "INFO vLLM is starting"; echo cpu')
     request = request_of(score_backend="vllm", vllm_python=python)
-    report = check_machine(needs_of(FULL_Z3_OFFLOAD), recorded_machine(A30_MACHINE, request), request)
-    (problem,) = report.problems
+    problem = the_problem(recorded_machine, request, FULL_Z3_OFFLOAD)
     assert f"score.backend is vllm, but the vLLM venv ({python}) has no CUDA platform" in problem
     assert "(vLLM's platform is cpu)" in problem and "make install-gpu" in problem
     assert probe_vllm(fake_python(tmp_path, "echo cuda")).ok
