@@ -55,15 +55,8 @@ def test_answers_are_compared_stripped_case_folded_and_nfkc_normalised():
 
 
 def test_a_question_keeps_its_earlier_turns_and_system():
-    record = {
-        "messages": [
-            {"role": "user", "content": "1+1?"},
-            {"role": "assistant", "content": "2"},
-            {"role": "user", "content": "再加 1?"},
-            {"role": "assistant", "content": "3"},
-        ],
-        "system": "你是助手",
-    }
+    earlier, last = chat("1+1?", "2"), chat("再加 1?", "3")
+    record = {"messages": earlier["messages"] + last["messages"], "system": "你是助手"}
     [question] = held_out_questions([record])
     assert question.messages == tuple(record["messages"][:3]) and question.system == "你是助手"
     assert (question.question, question.answer, question.position) == ("再加 1?", "3", 0)
