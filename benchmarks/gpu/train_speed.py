@@ -55,30 +55,24 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # model_flops, next to this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # model_flops and demo_inputs, next to this file
 import model_flops  # noqa: E402
+from demo_inputs import (  # noqa: E402
+    CPU_TRAINING,
+    DEEPSPEED_CONFIGS,
+    FIXED_STEPS_RUN,
+    REPO,
+    baseline_variant,
+    demo_prompts,
+    schema_hyperparameters,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-DEEPSPEED_CONFIGS = REPO / "config" / "deepspeed"
 TIMED_TRAIN = Path(__file__).resolve().parent / "timed_train.py"
 log = logging.getLogger("train_speed")
 
-# The recipe's GPU settings are the config schema's train.hyperparameters defaults; a timed run changes only
-# what timing needs: a step count instead of epochs, no evaluation and no checkpoints.
-TIMED_RUN = {"save_strategy": "no", "eval_strategy": "no", "load_best_model_at_end": False, "val_size": 0.0}
 PROFILED_STEPS = 4
 # LLaMA-Factory's switches for the vision tower and projector, true by default: frozen parts run forward only.
 FREEZE_FLAGS = ("freeze_vision_tower", "freeze_multi_modal_projector")
-# The demo's CPU settings (config/config.yaml), for --smoke: float32, no flash-attn, small cutoff.
-CPU_TRAINING = {
-    "use_cpu": True,
-    "bf16": False,
-    "flash_attn": "auto",
-    "cutoff_len": 1024,
-    "learning_rate": 1.0e-3,
-    "preprocessing_num_workers": 1,
-    "dataloader_num_workers": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -134,14 +128,6 @@ def resolved(name: str, cuda: bool) -> dict:
         "deepspeed": run.deepspeed or base["deepspeed"],
         "timer": base["timer"] if run.throughput_timer is None else run.throughput_timer,
     }
-
-
-def schema_hyperparameters() -> dict:
-    """The recipe's training settings: train.hyperparameters' defaults in the config schema (read by hand: a GPU
-    machine may lack Snakemake's validator)."""
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text(encoding="utf-8"))
-    properties = schema["properties"]["train"]["properties"]["hyperparameters"]["properties"]
-    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
 
 
 def deepspeed_config(stage: str, timer: bool, workdir: Path) -> Path:
@@ -238,7 +224,7 @@ def train_once(name: str, prompts, model_dir: Path, workdir: Path, args: argpars
 
     run, cuda = RUNS[name], args.device == "cuda"
     plan = resolved(name, cuda)
-    hyperparameters = {**schema_hyperparameters(), **(CPU_TRAINING if not cuda else {}), **TIMED_RUN}
+    hyperparameters = {**schema_hyperparameters(), **(CPU_TRAINING if not cuda else {}), **FIXED_STEPS_RUN}
     # A profile of a few steps says where the time goes; more would only lengthen the trace's summary.
     last_step = min(args.steps, args.warmup_steps + PROFILED_STEPS) if run.profile else args.steps
     hyperparameters |= plan["settings"] | args.settings | {"max_steps": last_step}
@@ -317,39 +303,6 @@ def matmul_tflops(device: str, dtype, size: int, repeats: int = 10) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
-
-
-def demo_prompts(workdir: Path, labels, images: int):
-    """A handful of rendered demo screenshots with the baseline variant's prompts and targets."""
-    import pandas as pd
-
-    from vlmflow.demo.dataset import generate_demo_dataset
-    from vlmflow.prompting.prompts import build_prompt_table
-
-    demo_dir = workdir / "demo"
-    generate_demo_dataset(demo_dir, labels, n_train=images, n_test=0, flip_fraction=0.0, seed=0)
-    documents = json.loads((demo_dir / "train.json").read_text(encoding="utf-8"))
-    records = pd.DataFrame(
-        {
-            "id": [document["id"] for document in documents],
-            "split": "train",
-            "image_path": [str(demo_dir / document["image"][0]) for document in documents],
-            "image_sha256": "",
-            "label": [document["output"] for document in documents],
-        }
-    )
-    return build_prompt_table(records, {}, baseline_variant(), labels)
-
-
-def baseline_variant():
-    """The baseline variant: every switch at the schema's default, as the workflow would validate it (read from
-    the schema by hand: a GPU machine may lack Snakemake's validator)."""
-    from vlmflow.prompting.variants import PromptVariant
-
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text(encoding="utf-8"))
-    switches = schema["properties"]["variants"]["items"]["properties"]
-    defaults = {key: spec["default"] for key, spec in switches.items() if "default" in spec}
-    return PromptVariant.from_config({"name": "baseline", **defaults})
 
 
 def time_scoring(model_dir: Path, prompts, labels, args: argparse.Namespace) -> dict:
