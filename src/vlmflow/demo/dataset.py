@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from vlmflow.data.labels import Label, baseline_prompt, label_names
@@ -25,7 +26,6 @@ from vlmflow.runtime.fonts import find_cjk_font
 
 log = logging.getLogger(__name__)
 Colour = tuple[int, int, int]
-
 
 
 @dataclass(frozen=True)
@@ -51,93 +51,28 @@ def _page(bodies: str, titles: str = "搜索", words: str = "", picture: float =
     return Page(tuple(bodies.split()), tuple(titles.split()), tuple(words.split()), picture=picture, **fields)
 
 
-# Confusable classes draw from one shared pool, so no single word gives the class away.
-AFTER_SALE = (
-    "申请售后 退款金额 退货退款 仅退款 商家处理中 售后编号 协商历史 撤销申请 寄回地址 "
-    "退款原因 商家已同意 服务单号 "
-)
-LOGISTICS = (
-    "运单号 中通快递 圆通速递 顺丰速运 韵达快递 菜鸟驿站 运输中 已签收 派送中 已揽件 "
-    "复制单号 预计明天送达 "
-)
-SHOP = "店铺 关注 首页 宝贝 上新 满减 优惠券 领取 限时 会员 粉丝 全部商品 "
-PRODUCT = "月销1000+ 包邮 颜色分类 规格 加入购物车 立即购买 参数 品牌 宝贝详情 发货地 保障 "
-ORDER = "订单编号 实付款 收货地址 下单时间 支付方式 商品总价 运费 支付宝 交易成功 创建时间 "
-ACCOUNT = "余额 明细 收入 支出 红包 卡券 转账 提现 交易记录 全部账单 "
-ITEMS = tuple(
-    "纯棉短袖T恤 无线蓝牙耳机 大容量保温杯 夏季碎花连衣裙 儿童运动鞋 防摔手机壳 洗衣液2kg "
-    "零食大礼包 护手霜套装 快充数据线 北欧风台灯 加厚羽绒服 不锈钢炒锅 瑜伽垫".split()
-)
-CHIPS = tuple("黑色 白色 红色 雾霾蓝 卡其色 S M L XL XXL 标准版 套餐一 36 38 40".split())
-CITIES = tuple("杭州市 上海市 广州市 深圳市 北京市 成都市 武汉市 金华市".split())
-USERS = tuple("t**5 小***猫 j**y 匿名买家 快乐星球 z**8 爱吃鱼的喵 淘气值888".split())
-BRAND_COLOURS = {"京东": (225, 37, 27), "拼多多": (224, 46, 36), "短信": (246, 246, 246),
-                 "设置": (242, 242, 247), "抖音商城": (22, 24, 35), "美团": (255, 209, 0),
-                 "微信": (237, 237, 237)}
-ACCENTS = ((255, 80, 0), (255, 68, 0), (255, 106, 0), (22, 119, 255), (230, 30, 60), (7, 193, 96))
+VOCABULARY_FILE = Path(__file__).with_name("vocabulary.yaml")
 
-PAGES: dict[str, Page] = {
-    "实物拍摄(含售后)": _page("photo"),
-    "商品分类选项": _page("chips", "搜索", PRODUCT + "已选 库存 数量 尺码", 0.18,
-                    buttons="确定 加入购物车 立即购买"),
-    "商品头图": _page("rows chips", "搜索 宝贝", PRODUCT, 0.55, buttons="加入购物车 立即购买"),
-    "商品详情页截图": _page("rows reviews chips", "宝贝详情 商品详情 参数 搜索",
-                     PRODUCT + "产品参数 材质 适用人群 尺码表 洗涤说明 上市时间", 0.3),
-    "下单过程中出现异常（显示购买失败浮窗）": _page(
-        "cards rows", "确认订单 提交订单", ORDER + "提交订单 配送方式 合计", footer="合计:",
-        buttons="提交订单", popup="购买失败 下单失败 库存不足 系统繁忙，请稍后再试"),
-    "订单详情页面": _page("cards rows", "订单详情", ORDER + "申请售后 查看物流 确认收货",
-                    headline="交易成功 卖家已发货 等待买家收货 待发货",
-                    buttons="查看物流 确认收货 再买一单"),
-    "支付页面": _page("rows", "收银台 确认付款 支付成功 订单详情",
-                  "支付宝 花呗 余额宝 银行卡 招商银行储蓄卡 花呗分期 付款方式 实付款 订单编号",
-                  headline="支付成功 付款成功 待支付", buttons="确认付款 完成 立即付款"),
-    "消费者与客服聊天页面": _page("chat", "官方旗舰店 客服小蜜 店小二 专属客服",
-                        "您好 在的亲 请问有什么可以帮您 什么时候发货 亲，已经发货了哦 订单号 "
-                        "好的谢谢 麻烦帮我看一下 尺码偏小吗 可以退换吗 稍等，正在为您查询"),
-    "评论区截图页面": _page("reviews", "评价 宝贝评价 全部评价 问大家",
-                     "好评 追评 有图 很好用 质量不错 物流很快 和描述一致 性价比高 颜色好看 已购"),
-    "物流页面-物流列表页面": _page("cards", "我的快递 物流 包裹 查快递 订单详情",
-                         LOGISTICS + "待取件 取件码 全部包裹 我收的 我寄的"),
-    "物流页面-物流跟踪页面": _page("timeline", "物流详情 查看物流 包裹详情",
-                         LOGISTICS + "已到达 转运中心 快递员 已发出 正在派件",
-                         headline="运输中 派送中 已签收 已揽件"),
-    "物流页面-物流异常页面": _page("timeline rows", "物流详情 物流异常 包裹详情",
-                         LOGISTICS + "异常 滞留 退回 派送失败 地址不详 联系快递员 超时未更新",
-                         headline="物流异常 包裹滞留 退回中 派送失败"),
-    "退款页面": _page("rows cards", "退款详情 售后详情 退款", AFTER_SALE + "退款成功 原路退回 退款进度",
-                  headline="退款成功 退款中 等待商家处理 退款关闭",
-                  buttons="撤销申请 联系商家 修改申请"),
-    "退货页面": _page("rows cards", "退货详情 售后详情 退货退款",
-                  AFTER_SALE + "退货地址 寄件 上门取件 退货物流 请退货",
-                  headline="请寄回商品 等待商家收货 退货中 商家已同意",
-                  buttons="填写单号 联系商家 撤销申请"),
-    "换货页面": _page("rows cards", "换货详情 售后详情 换货", AFTER_SALE + "换货 换货商品 重新发货",
-                  headline="换货中 商家已发出换货 等待商家处理 商家已同意",
-                  buttons="查看物流 联系商家 撤销申请"),
-    "购物车页面": _page("cards", "购物车", "全选 管理 领券 满减 降价 x1 颜色分类 失效宝贝",
-                   footer="合计: 合计", buttons="结算 结算(2) 去结算"),
-    "店铺页面": _page("cards coupons", "搜索", SHOP + "店铺评分 宝贝描述 进店 客服", 0.2,
-                  buttons="关注 已关注"),
-    "活动页面": _page("cards coupons", "双十一 618 年货节 会场 限时秒杀",
-                  SHOP + "活动 秒杀 倒计时 满300减50 跨店满减 爆款", 0.25),
-    "优惠券领取页面": _page("coupons", "领券中心 优惠券 搜索", SHOP + "满100减20 无门槛 立即领取 有效期",
-                     0.12),
-    "账单/账户页面": _page("rows cards", "账单 我的账单 账户明细 我的资产", ACCOUNT + "淘宝购物 退款",
-                      headline="本月支出 总资产"),
-    "个人信息页面": _page("rows", "个人信息 账号设置 我的资料",
-                    "头像 昵称 手机号 收货地址 实名认证 性别 生日 会员名 账号与安全"),
-    "投诉举报页面": _page("rows", "投诉 举报 投诉商家 我的投诉",
-                    "投诉原因 举报类型 上传凭证 问题描述 虚假发货 售假 服务态度差 投诉进度 已受理",
-                    buttons="提交 提交投诉"),
-    "平台介入页面": _page("rows timeline", "平台介入 小二介入 售后详情",
-                    AFTER_SALE + "平台介入 淘宝小二 客服介入处理中 举证 上传凭证 判定结果",
-                    headline="平台已介入 小二处理中 等待举证"),
-    "外部APP截图": _page("rows cards chat", "搜索",
-                     "无线局域网 蓝牙 通知 京东物流 百亿补贴 验证码 电池 通用 自营 已发货",
-                     brands=" ".join(BRAND_COLOURS)),
-    "其他类别图片": _page("misc"),
-}
+
+def _vocabulary(path: Path = VOCABULARY_FILE) -> dict:
+    """The demo's UI words (vocabulary.yaml beside this module), with each {POOL} of a page's fields filled in."""
+    vocabulary = yaml.safe_load(path.read_text(encoding="utf-8"))
+    pools = {**vocabulary["pools"], "BRANDS": " ".join(vocabulary["brand_colours"])}
+    pages = {
+        label: _page(**{key: value.format(**pools) if isinstance(value, str) else value for key, value in page.items()})
+        for label, page in vocabulary["pages"].items()
+    }
+    return {**vocabulary, "pages": pages}
+
+
+VOCABULARY = _vocabulary()
+ITEMS = tuple(VOCABULARY["items"].split())
+CHIPS = tuple(VOCABULARY["chips"].split())
+CITIES = tuple(VOCABULARY["cities"].split())
+USERS = tuple(VOCABULARY["users"].split())
+BRAND_COLOURS: dict[str, Colour] = {brand: tuple(rgb) for brand, rgb in VOCABULARY["brand_colours"].items()}
+ACCENTS: tuple[Colour, ...] = tuple(tuple(rgb) for rgb in VOCABULARY["accents"])
+PAGES: dict[str, Page] = VOCABULARY["pages"]
 
 # Label noise lands inside these groups, as annotators' mistakes do; other labels flip anywhere.
 CONFUSABLE_GROUPS = (
@@ -194,8 +129,13 @@ def _allocate(n: int, weights: dict[str, float], rng: random.Random) -> list[str
 
 
 def plan_demo_records(
-    labels: list[Label], *, n_train: int = 500, n_test: int = 200, flip_fraction: float = 0.05,
-    seed: int = 0, absent_from_train: tuple[str, ...] = (),
+    labels: list[Label],
+    *,
+    n_train: int = 500,
+    n_test: int = 200,
+    flip_fraction: float = 0.05,
+    seed: int = 0,
+    absent_from_train: tuple[str, ...] = (),
 ) -> list[DemoRecord]:
     """Which records exist, their true and given labels and flips: everything but the pixels."""
     names = label_names(labels)
@@ -272,8 +212,16 @@ class Canvas:
     def px(self, value: float) -> int:
         return max(1, int(value * self.unit))
 
-    def text(self, x: float, y: float, text: str, size: float, fill: Colour | None = None, anchor: str = "la",
-             room: float | None = None) -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        size: float,
+        fill: Colour | None = None,
+        anchor: str = "la",
+        room: float | None = None,
+    ) -> None:
         font = _font(self.font_path, self.px(size))
         room = room or {"l": self.width - x - self.margin, "r": x - self.margin}.get(anchor[0], self.width)
         while text and self.draw.textlength(text, font=font) > max(room, 0):
@@ -436,8 +384,7 @@ def _reviews(c: Canvas) -> None:
         for star in range(5):  # filled stars are the score, grey ones the rest
             cx, cy = c.margin + c.px(44 + 14 * star), c.y + c.px(34)
             radii = [c.px(6) * (1 if k % 2 == 0 else 0.45) for k in range(10)]
-            points = [(cx + r * np.sin(k * np.pi / 5), cy - r * np.cos(k * np.pi / 5))
-                      for k, r in enumerate(radii)]
+            points = [(cx + r * np.sin(k * np.pi / 5), cy - r * np.cos(k * np.pi / 5)) for k, r in enumerate(radii)]
             c.draw.polygon(points, fill=c.accent if star < score else c.muted)
         c.text(c.margin, c.y + c.px(50), c.words(3), 13)
         c.text(c.margin, c.y + c.px(72), c.words(2), 13, c.muted)
@@ -482,8 +429,15 @@ def _chips(c: Canvas) -> None:
         c.y += height + gap * 2
 
 
-BODIES = {"rows": _rows, "cards": _cards, "timeline": _timeline, "chat": _chat, "reviews": _reviews,
-          "coupons": _coupons, "chips": _chips}
+BODIES = {
+    "rows": _rows,
+    "cards": _cards,
+    "timeline": _timeline,
+    "chat": _chat,
+    "reviews": _reviews,
+    "coupons": _coupons,
+    "chips": _chips,
+}
 
 
 def _popup(c: Canvas) -> None:
@@ -501,8 +455,9 @@ def _popup(c: Canvas) -> None:
     c.drawn["dialog"] = True
 
 
-def draw_screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np.random.Generator,
-                font_path: str) -> Canvas:
+def draw_screen(
+    size: tuple[int, int], page: Page, rng: random.Random, noise: np.random.Generator, font_path: str
+) -> Canvas:
     """A screenshot of ``page``: header, picture, headline, one or two bodies, bottom bar, dialog.
 
     The canvas returned holds the image and what was drawn on it (``Canvas.drawn``).
@@ -545,9 +500,7 @@ def draw_screen(size: tuple[int, int], page: Page, rng: random.Random, noise: np
     return c
 
 
-def render_demo_image(
-    label: str, record_seed: int, image_size: tuple[int, int], font_path: str | Path
-) -> Image.Image:
+def render_demo_image(label: str, record_seed: int, image_size: tuple[int, int], font_path: str | Path) -> Image.Image:
     """One picture of class ``label``; the same seed always gives the same pixels."""
     rng, noise = random.Random(record_seed), np.random.default_rng(record_seed)
     page = PAGES[label]
@@ -570,17 +523,30 @@ def worn(image: Image.Image, rng: random.Random, noise: np.random.Generator) -> 
 
 
 def generate_demo_dataset(
-    out_dir: str | Path, labels: list[Label], *, n_train: int = 500, n_test: int = 200,
-    flip_fraction: float = 0.05, seed: int = 0, image_size: tuple[int, int] = (360, 640),
-    absent_from_train: tuple[str, ...] = (), font_path: str | Path | None = None,
+    out_dir: str | Path,
+    labels: list[Label],
+    *,
+    n_train: int = 500,
+    n_test: int = 200,
+    flip_fraction: float = 0.05,
+    seed: int = 0,
+    image_size: tuple[int, int] = (360, 640),
+    absent_from_train: tuple[str, ...] = (),
+    font_path: str | Path | None = None,
 ) -> dict[str, int]:
     """Write train.json and test.json (MIRE JSON), images/ and truth.csv under ``out_dir``.
 
     Returns the counts: {"train": ..., "test": ..., "flipped": ...}.
     """
     font = find_cjk_font(font_path)
-    records = plan_demo_records(labels, n_train=n_train, n_test=n_test, flip_fraction=flip_fraction,
-                                seed=seed, absent_from_train=tuple(absent_from_train))
+    records = plan_demo_records(
+        labels,
+        n_train=n_train,
+        n_test=n_test,
+        flip_fraction=flip_fraction,
+        seed=seed,
+        absent_from_train=tuple(absent_from_train),
+    )
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     instruction = "Picture 1: " + baseline_prompt(labels)
@@ -589,8 +555,15 @@ def generate_demo_dataset(
         image_path = f"images/{record.id}-0.jpg"
         image = render_demo_image(record.label, record.seed, tuple(image_size), font)
         image.save(out_dir / image_path, "JPEG", quality=55 + record.seed % 41)  # quality 55-95 varies too
-        documents[record.split].append({"id": record.id, "instruction": instruction, "input": "",
-                                        "output": record.given_label, "image": [image_path]})
+        documents[record.split].append(
+            {
+                "id": record.id,
+                "instruction": instruction,
+                "input": "",
+                "output": record.given_label,
+                "image": [image_path],
+            }
+        )
         if number % 100 == 0 or number == len(records):
             log.info("rendered %d of %d demo images", number, len(records))
     for split, document in documents.items():
