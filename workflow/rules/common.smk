@@ -22,6 +22,7 @@ from vlmflow.runtime.memory import (
 )
 from vlmflow.tracking.offline import pending_notice, unreachable_notice
 from vlmflow.recipe.final_models import (
+    FINAL_MODEL_WILDCARD,
     final_fit_of,
     final_model_dir,
     final_model_dirs,
@@ -33,9 +34,32 @@ from vlmflow.recipe.final_models import (
 from vlmflow.recipe.steps import (
     AVERAGE_FOLDS,
     FOLD_ENSEMBLE,
+    STEP_SETS,
     retrained_model_name,
     step_set,
     step_set_name,
+)
+
+# Where every stage writes (vlmflow.runtime.layout): the rules take their paths from these tables.
+from vlmflow.runtime.layout import (
+    ACCOUNTING_OUTPUTS,
+    DUPLICATES_OUTPUTS,
+    EVALUATE_OUTPUTS,
+    FINAL_MODEL_DIR,
+    FOLDS_OUTPUTS,
+    GENERAL_OUTPUTS,
+    INGEST_OUTPUTS,
+    MACHINE_OUTPUTS,
+    OCR_DIR,
+    OCR_OUTPUTS,
+    PROMPTS_OUTPUTS,
+    RECIPE_OUTPUTS,
+    REPORT_OUTPUTS,
+    RETRAIN_OUTPUTS,
+    SCORE_OUTPUTS,
+    TEACHER_OUTPUTS,
+    TRAIN_OUTPUTS,
+    fill,
 )
 
 SPLITS = ["train", "test"]
@@ -92,7 +116,10 @@ def check_declared_machine():
         alternatives=job_needs(config, MODEL_SIZE, len(LABELS))["alternatives"],
     )
     if problems:
-        said = "The machine given to Snakemake cannot run this workflow:\n- " + "\n- ".join(problems)
+        said = (
+            "The machine given to Snakemake cannot run this workflow:\n- "
+            + "\n- ".join(problems)
+        )
         # A dry run plans: it lists every job with what it needs, and says that the run itself would stop here.
         # (workflow.output_settings.dryrun is set while the Snakefile is read; workflow.dryrun is not yet.)
         if not workflow.output_settings.dryrun:
@@ -185,11 +212,16 @@ wildcard_constraints:
     fold=r"\d+",
     shard=r"\d+",
     test_shard=r"[1-9]\d*",  # shard 0 is score_fold's
-    steps="none|correction|pseudo|correction_pseudo",
+    steps="|".join(STEP_SETS),
     seed=r"\d+",
     round=r"\d+",
-    final_model=r"average_folds|retrain/(none|correction|pseudo|correction_pseudo)/seed\d+/round\d+",
+    final_model=FINAL_MODEL_WILDCARD,
     demo_model="|".join(family.demo_name for family in FAMILIES.values()),
+
+
+def each_fold(pattern):
+    """A per-fold pattern for every fold, its other wildcards left to the rule (results/{variant}/fold0/..., ...)."""
+    return [fill(pattern, fold=fold) for fold in FOLDS]
 
 
 def data_file(wildcards):
@@ -240,7 +272,7 @@ def fold_model_folder():
     """A fold's model folder as train_fold's output: temporary unless train.keep_fold_models, so that
     Snakemake removes it once its last reader (scoring, averaging, loss curves) is done.
     """
-    folder = directory("results/{variant}/fold{fold}/model")
+    folder = directory(TRAIN_OUTPUTS["model"])
     return folder if config["train"]["keep_fold_models"] else temp(folder)
 
 
@@ -281,7 +313,7 @@ def variant_settings(wildcards):
 def ocr_table_if_needed(wildcards):
     """Only variants that read OCR text (prompt, template reasons or descriptions) wait for OCR."""
     if VARIANT[wildcards.variant].reads_ocr(teacher=teacher_configured()):
-        return "results/ocr/ocr.parquet"
+        return OCR_OUTPUTS["text"]
     return []
 
 
@@ -298,7 +330,7 @@ OCR_SHARDS, OCR_THREADS = ocr_jobs(
     config["ocr"]["shards"],
     config["ocr"]["threads"],
     run_cores(),
-    existing_shards=len(list(Path("results/ocr").glob("shard*.parquet"))),
+    existing_shards=len(list(Path(OCR_DIR).glob("shard*.parquet"))),
 )
 
 
@@ -371,7 +403,11 @@ def no_step_model_test_probs(wildcards):
     """
     if NO_STEP_MODEL not in retrained_models(wildcards.variant):
         return []
-    _, name, seed = final_fit_of(f"results/{wildcards.variant}/{wildcards.final_model}")
+    _, name, seed = final_fit_of(
+        FINAL_MODEL_DIR.format(
+            variant=wildcards.variant, final_model=wildcards.final_model
+        )
+    )
     if name == NO_STEP_MODEL:
         return []
     folder = final_model_dir(
@@ -431,7 +467,7 @@ def submission_probabilities(wildcards):
     the fold ensemble."""
     submitted = submitted_model(wildcards.variant)
     if submitted == FOLD_ENSEMBLE:
-        return f"results/{wildcards.variant}/test_probs.parquet"
+        return EVALUATE_OUTPUTS["test"].format(variant=wildcards.variant)
     folder = final_model_dir(wildcards.variant, submitted, ROUNDS, FIRST_SEED)
     return f"{folder}/test_probs.parquet"
 
@@ -439,8 +475,8 @@ def submission_probabilities(wildcards):
 def final_training_labels(wildcards):
     """The training records a final model starts from: corrected when its combination corrects."""
     if "correction" in step_set(wildcards.steps):
-        return f"results/{wildcards.variant}/train_corrected.parquet"
-    return "results/data/train.parquet"
+        return RECIPE_OUTPUTS["corrected"].format(variant=wildcards.variant)
+    return INGEST_OUTPUTS["records"].format(split="train")
 
 
 def round_pseudo_labels(wildcards):
@@ -450,7 +486,7 @@ def round_pseudo_labels(wildcards):
         return []
     round_ = int(wildcards.round)
     if round_ == 1:
-        return f"results/{wildcards.variant}/pseudo_labels.csv"
+        return RECIPE_OUTPUTS["pseudo_labels"].format(variant=wildcards.variant)
     previous = round_dir(
         wildcards.variant, wildcards.steps, fit_seed(wildcards), round_ - 1
     )
@@ -488,22 +524,27 @@ def model_to_load(wildcards, input):
 
 def base_general_ability_metrics():
     """The untuned base model's accuracy on the same records, the reference (none without held-out records)."""
-    return ["results/base_model/general_metrics.json"] if general_held_out() else []
+    return [GENERAL_OUTPUTS["base_metrics"]] if general_held_out() else []
 
 
 def all_targets():
     return [
-        *expand("results/data/{split}.parquet", split=SPLITS),
+        *expand(INGEST_OUTPUTS["records"], split=SPLITS),
         *base_model(),
-        *expand("results/{variant}/prompts.parquet", variant=VARIANTS),
-        "results/folds/folds.csv",
-        *expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
-        "results/summary.md",
-        "results/machine.json",  # the machine check's record (it also runs as every run starts)
-        *expand(
-            "results/{variant}/{name}",
-            variant=VARIANTS,
-            name=["label_review.html", "pseudo_labels.csv", "submission.csv"],
+        *expand(PROMPTS_OUTPUTS["prompts"], variant=VARIANTS),
+        FOLDS_OUTPUTS["folds"],
+        *expand(ACCOUNTING_OUTPUTS["stages"], variant=VARIANTS),
+        EVALUATE_OUTPUTS["summary_markdown"],
+        # the machine check's record (it also runs as every run starts)
+        MACHINE_OUTPUTS["machine"],
+        *(
+            path.format(variant=variant)
+            for variant in VARIANTS
+            for path in (
+                RECIPE_OUTPUTS["review"],
+                RECIPE_OUTPUTS["pseudo_labels"],
+                RECIPE_OUTPUTS["submission"],
+            )
         ),
         *teacher_targets(),
         *report_targets(),
@@ -552,7 +593,7 @@ def describe_max_chars(wildcards):
 def teacher_reasons_if_needed(wildcards):
     """A reason variant's teacher reasons, when a teacher is configured."""
     if VARIANT[wildcards.variant].reads_teacher_reasons(teacher=teacher_configured()):
-        return f"results/{wildcards.variant}/teacher/reasons.parquet"
+        return TEACHER_OUTPUTS["reasons"].format(variant=wildcards.variant)
     return []
 
 
@@ -561,7 +602,7 @@ def teacher_descriptions_if_needed(wildcards):
     if VARIANT[wildcards.variant].reads_teacher_descriptions(
         teacher=teacher_configured()
     ):
-        return f"results/{wildcards.variant}/teacher/descriptions.parquet"
+        return TEACHER_OUTPUTS["descriptions"].format(variant=wildcards.variant)
     return []
 
 
@@ -574,24 +615,28 @@ def reason_diversity_if_needed(wildcards):
     variant has reasons (a script iterates it; a bare path would be iterated character by character).
     """
     if VARIANT[wildcards.variant].reason:
-        return [f"results/{wildcards.variant}/reason_diversity.json"]
+        return [TEACHER_OUTPUTS["reason_diversity"].format(variant=wildcards.variant)]
     return []
 
 
 def teacher_targets():
     """Reason diversity reports of every reason variant (teacher tables are inputs of the prompts)."""
-    return expand("results/{variant}/reason_diversity.json", variant=reason_variants())
+    return expand(TEACHER_OUTPUTS["reason_diversity"], variant=reason_variants())
 
 
 def report_targets():
     """Every output made for the report, so that `snakemake` (rule all) leaves the report complete."""
     return [
-        "results/summary.html",
-        "results/run_config.html",
-        *expand(
-            "results/{variant}/{name}",
-            variant=VARIANTS,
-            name=["loss_curves.png", "pseudo_labels.png", "label_review_embedded.html"],
+        REPORT_OUTPUTS["summary_page"],
+        REPORT_OUTPUTS["run_config_page"],
+        *(
+            path.format(variant=variant)
+            for variant in VARIANTS
+            for path in (
+                REPORT_OUTPUTS["loss_curves"],
+                REPORT_OUTPUTS["pseudo_labels_plot"],
+                REPORT_OUTPUTS["review_page"],
+            )
         ),
     ]
 
@@ -599,7 +644,7 @@ def report_targets():
 def tell_if_mlflow_was_offline():
     """Print, at the end of a run, that the MLflow server was unreachable or lost, and where the runs went."""
     for notice in (
-        unreachable_notice("results/mlflow_experiment.json"),
+        unreachable_notice(TRAIN_OUTPUTS["experiment"]),
         pending_notice(),
     ):
         if notice:
@@ -608,6 +653,6 @@ def tell_if_mlflow_was_offline():
 
 def tell_warnings():
     """Print, at the end of a run, the summary's warnings (a run that learned nothing, OCR that read nothing)."""
-    warnings = Path("results/warnings.txt")
+    warnings = Path(EVALUATE_OUTPUTS["warnings"])
     if warnings.is_file() and warnings.read_text(encoding="utf-8").strip():
         print(f"\n{warnings.read_text(encoding='utf-8')}", file=sys.stderr)

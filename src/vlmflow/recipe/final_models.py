@@ -1,4 +1,5 @@
-"""Where a variant's final models live, and whose a results path is: the one home of those paths.
+"""Where a variant's final models live, and whose a results path is: the one home of those paths, on the
+folders of the results layout (``runtime.layout``: ``AVERAGED_DIR``, ``RETRAINED_DIR``, ``ROUND_DIR``).
 
 ``common.smk`` builds its inputs from these functions, and the scripts that read many variants' or
 models' files key them by ``variant_of``, ``final_model_of`` and ``final_fit_of`` instead of by their
@@ -19,13 +20,21 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from vlmflow.recipe.steps import AVERAGE_FOLDS, final_round, retrained_model_name, retrained_steps
+from vlmflow.recipe.steps import (
+    AVERAGE_FOLDS,
+    STEP_SETS,
+    final_round,
+    retrained_model_name,
+    retrained_steps,
+)
+from vlmflow.runtime.layout import AVERAGED_DIR, RESULTS, RETRAINED_DIR, ROUND_DIR
 
-RESULTS = "results"
 AVERAGED = AVERAGE_FOLDS  # the folder of the weight-averaged fold model, named as the model
 RETRAIN = "retrain"
 RETRAINED_PREFIX = retrained_model_name("")
 SEED_FOLDER = re.compile(r"seed(\d+)")
+# The {final_model} wildcard of the layout's FINAL_MODEL_DIR: average_folds, or a round of a retrained fit.
+FINAL_MODEL_WILDCARD = rf"{AVERAGED}|{RETRAIN}/({'|'.join(STEP_SETS)})/seed\d+/round\d+"
 
 
 def training_seeds(configured: list[int] | None, train_seed: int) -> list[int]:
@@ -51,19 +60,19 @@ def retrained_dir(variant: str, name: str) -> str:
     """The folder of retrained model ``name`` (``retrain_<steps>``): its seeds' fits and what spans them."""
     if not name.startswith(RETRAINED_PREFIX):
         raise ValueError(f"{name!r} is not a retrained model name ({RETRAINED_PREFIX}<steps>)")
-    return f"{RESULTS}/{variant}/{RETRAIN}/{retrained_steps(name)}"
+    return RETRAINED_DIR.format(variant=variant, steps=retrained_steps(name))
 
 
 def round_dir(variant: str, steps: str, seed: int, round_: int) -> str:
     """Round ``round_`` of seed ``seed``'s fit of the model retrained on the step combination ``steps``."""
-    return f"{retrained_dir(variant, retrained_model_name(steps))}/seed{seed}/round{round_}"
+    return ROUND_DIR.format(variant=variant, steps=steps, seed=seed, round=round_)
 
 
 def final_model_dir(variant: str, name: str, rounds: int, seed: int | None = None) -> str:
     """The folder of final model ``name`` (``average_folds``, or ``retrain_<steps>`` fitted with ``seed``):
     its final round."""
     if name == AVERAGE_FOLDS:
-        return f"{RESULTS}/{variant}/{AVERAGED}"
+        return AVERAGED_DIR.format(variant=variant)
     if not name.startswith(RETRAINED_PREFIX):
         raise ValueError(f"{name!r} is not a final model name ({AVERAGE_FOLDS} or {RETRAINED_PREFIX}<steps>)")
     if seed is None:

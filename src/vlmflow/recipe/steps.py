@@ -10,6 +10,7 @@ Kept free of heavy imports: the Snakefile imports this module on every start, an
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import combinations
 
 STEPS = ("correction", "pseudo")
 NO_STEPS = "none"
@@ -24,6 +25,10 @@ def step_set_name(steps: Iterable[str]) -> str:
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; the steps are {list(STEPS)}")
     return "_".join(step for step in STEPS if step in steps) or NO_STEPS
+
+
+# Every step combination's name, none first: the {steps} wildcard of the retrained models' folders.
+STEP_SETS = tuple(step_set_name(steps) for size in range(len(STEPS) + 1) for steps in combinations(STEPS, size))
 
 
 def step_set(name: str) -> list[str]:
