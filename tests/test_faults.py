@@ -2,6 +2,7 @@
 fine-tune, an unreachable tracking server."""
 
 import contextlib
+import copy
 import json
 import multiprocessing
 import os
@@ -147,14 +148,30 @@ def trained_fold(tmp_path_factory, demo_models):
     return workdir, config
 
 
+# What rule train_fold writes for the fold (outputs, log, benchmark): left out of copy_up_to_the_fold.
+FOLD_OUTPUTS = ("results/baseline/fold0", "logs/train/baseline/fold0.log", "benchmarks/train/baseline/fold0.tsv")
+
+
+def copy_up_to_the_fold(whole: Path, target: Path) -> None:
+    """``whole``'s run, with Snakemake's records of it, less the fold's fine-tune: its demo data and model, records,
+    prompts, folds and MLflow store, so that a run for FOLD_MODEL in ``target`` starts at the fine-tune (the fold's
+    settings, DeepSpeed's included, are no input of the jobs before it). This saves the 7 jobs before it (ingestion,
+    duplicates, folds, prompts, the MLflow experiment and the variant's run; `snakemake -n`) on each of the three
+    runs that copy."""
+    left_out = {whole / path for path in FOLD_OUTPUTS}
+    shutil.copytree(
+        whole, target, symlinks=True, ignore=lambda folder, names: [n for n in names if Path(folder) / n in left_out]
+    )
+
+
 def kill_after_first_checkpoint(
     whole: Path, killed: Path, config: dict, find_victims=trainer_processes
 ) -> tuple[Path, int]:
-    """Fine-tune the fold in ``killed`` on ``whole``'s demo data and model, SIGKILL the processes ``find_victims``
-    names once its first checkpoint is complete and check that Snakemake fails and that no process of the trainer
-    is left (torchrun and its ranks included); return the checkpoint left and its step."""
+    """Fine-tune the fold in ``killed`` on ``whole``'s demo data, model, prompts and folds, SIGKILL the processes
+    ``find_victims`` names once its first checkpoint is complete and check that Snakemake fails and that no process
+    of the trainer is left (torchrun and its ranks included); return the checkpoint left and its step."""
     target = FOLD_MODEL
-    shutil.copytree(whole / "resources", killed / "resources")  # the same demo data and model
+    copy_up_to_the_fold(whole, killed)  # the same inputs of the fine-tune, made once
     # No retry: the profile's retry would resume at once; this checks that a later `snakemake` does.
     command, env = snakemake_command(killed, config, "--cores", "2", "--retries", "0", target)
     snakemake = subprocess.Popen(
@@ -288,10 +305,12 @@ def test_a_fine_tune_killed_under_zero3_resumes_from_its_checkpoint_and_continue
     from transformers import Qwen2VLForConditionalGeneration
 
     whole = tmp_path / "whole"
-    config = checkpointing_config(whole)
+    # trained_fold's settings under ZeRO-3: a copy of its config (checkpointing_config with the variant's defaults
+    # filled in, as its run wrote them, so that the copied jobs' params match and none of them runs again). Its demo
+    # data, model, prompts and folds are made once for the module: only the fine-tune runs here.
+    config = copy.deepcopy(trained_fold[1])
     config["train"] |= {"deepspeed": "z3", "processes": 1}
-    # The same demo data and model as trained_fold's (the same demo settings): built once for the module.
-    shutil.copytree(trained_fold[0] / "resources", whole / "resources")
+    copy_up_to_the_fold(trained_fold[0], whole)
     run_snakemake(whole, config, "--cores", "2", FOLD_MODEL)  # the uninterrupted reference
     killed = tmp_path / "killed"
     # The job is killed, not the trainer: torchrun and its rank (in a session of its own) must end with it.
