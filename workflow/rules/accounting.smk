@@ -5,16 +5,16 @@
 
 rule account_records:
     input:
-        records=expand("results/data/{split}.parquet", split=SPLITS),
-        rejected=expand("results/data/{split}_rejected.csv", split=SPLITS),
-        counts=expand("results/data/{split}_counts.json", split=SPLITS),
+        records=expand(INGEST_OUTPUTS["records"], split=SPLITS),
+        rejected=expand(INGEST_OUTPUTS["rejected"], split=SPLITS),
+        counts=expand(INGEST_OUTPUTS["counts"], split=SPLITS),
         ocr=ocr_table_if_needed,
-        prompts="results/{variant}/prompts.parquet",
-        folds="results/folds/folds.csv",
-        folds_report="results/folds/report.json",
+        prompts=PROMPTS_OUTPUTS["prompts"],
+        folds=FOLDS_OUTPUTS["folds"],
+        folds_report=FOLDS_OUTPUTS["report"],
     output:
-        stages="results/{variant}/accounting/stages.json",
-        issues="results/{variant}/accounting/rejected_and_flagged.csv",
+        stages=ACCOUNTING_OUTPUTS["stages"],
+        issues=ACCOUNTING_OUTPUTS["issues"],
     log:
         "logs/accounting/{variant}.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.

@@ -63,6 +63,8 @@ from vlmflow.runtime.layout import (
 )
 
 SPLITS = ["train", "test"]
+# Each split's ingested records, for the rules that read one split.
+RECORDS = {split: INGEST_OUTPUTS["records"].format(split=split) for split in SPLITS}
 # No data, no run: said here, before the base model is looked up, with the keys to set.
 _no_data = missing_data(config["data"], set(DEMO_DATA.values()))
 if _no_data:

@@ -5,15 +5,15 @@
 
 rule find_duplicates:
     input:
-        train="results/data/train.parquet",
-        test="results/data/test.parquet",
+        train=RECORDS["train"],
+        test=RECORDS["test"],
     output:
-        exact="results/data/duplicates.csv",
-        near="results/data/near_duplicates.csv",
-        groups="results/data/duplicate_groups.csv",
-        conflicts="results/data/label_conflicts.csv",
-        test_copies="results/data/test_copies_of_train.csv",
-        summary="results/data/duplicates.json",
+        exact=DUPLICATES_OUTPUTS["exact"],
+        near=DUPLICATES_OUTPUTS["near"],
+        groups=DUPLICATES_OUTPUTS["groups"],
+        conflicts=DUPLICATES_OUTPUTS["conflicts"],
+        test_copies=DUPLICATES_OUTPUTS["test_copies"],
+        summary=DUPLICATES_OUTPUTS["summary"],
     log:
         "logs/duplicates/find_duplicates.log",
     conda:

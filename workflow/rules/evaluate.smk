@@ -4,32 +4,28 @@
 
 rule evaluate_variant:
     input:
-        out_of_fold=expand(
-            "results/{{variant}}/fold{fold}/oof_probs.parquet", fold=FOLDS
-        ),
-        test=expand("results/{{variant}}/fold{fold}/test_probs.parquet", fold=FOLDS),
-        train_records="results/data/train.parquet",
+        out_of_fold=each_fold(SCORE_OUTPUTS["out_of_fold"]),
+        test=each_fold(SCORE_OUTPUTS["test"]),
+        train_records=RECORDS["train"],
         truth=truth_file(),
         labels=config["labels"],
     output:
-        metrics="results/{variant}/metrics.json",
-        fold_metrics="results/{variant}/fold_metrics.csv",
-        out_of_fold="results/{variant}/oof_probs.parquet",
-        test="results/{variant}/test_probs.parquet",
-        report="results/{variant}/per_class_report.csv",
+        metrics=EVALUATE_OUTPUTS["metrics"],
+        fold_metrics=EVALUATE_OUTPUTS["fold_metrics"],
+        out_of_fold=EVALUATE_OUTPUTS["out_of_fold"],
+        test=EVALUATE_OUTPUTS["test"],
+        report=EVALUATE_OUTPUTS["report"],
         confusion_matrix=report(
-            "results/{variant}/confusion_matrix.png",
+            EVALUATE_OUTPUTS["confusion_matrix"],
             caption="../report/confusion_matrix.rst",
             category="Training",
             subcategory="{variant}",
             labels={"variant": "{variant}", "result": "confusion matrix, out of fold"},
         ),
-        fold_reports=expand(
-            "results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS
-        ),
+        fold_reports=each_fold(EVALUATE_OUTPUTS["fold_report"]),
         fold_matrices=[
             report(
-                f"results/{{variant}}/fold{fold}/confusion_matrix.png",
+                fill(EVALUATE_OUTPUTS["fold_matrix"], fold=fold),
                 caption="../report/fold_confusion_matrix.rst",
                 category="Training",
                 subcategory="{variant}",
@@ -51,27 +47,23 @@ rule evaluate_variant:
 
 rule log_variant_to_mlflow:
     input:
-        parent_run="results/{variant}/mlflow_run.json",
-        fold_runs=expand("results/{{variant}}/fold{fold}/mlflow_run.json", fold=FOLDS),
-        metrics="results/{variant}/metrics.json",
-        fold_metrics="results/{variant}/fold_metrics.csv",
-        report="results/{variant}/per_class_report.csv",
-        confusion_matrix="results/{variant}/confusion_matrix.png",
-        fold_reports=expand(
-            "results/{{variant}}/fold{fold}/per_class_report.csv", fold=FOLDS
-        ),
-        fold_matrices=expand(
-            "results/{{variant}}/fold{fold}/confusion_matrix.png", fold=FOLDS
-        ),
-        correction_scores="results/{variant}/correction_scores.json",
-        corrections="results/{variant}/label_corrections.csv",
-        review="results/{variant}/label_review.html",
-        pseudo_report="results/{variant}/pseudo_labels.json",
-        pseudo_labels="results/{variant}/pseudo_labels.csv",
-        decisions="results/{variant}/label_decisions.csv",
+        parent_run=TRAIN_OUTPUTS["variant_run"],
+        fold_runs=each_fold(TRAIN_OUTPUTS["run"]),
+        metrics=EVALUATE_OUTPUTS["metrics"],
+        fold_metrics=EVALUATE_OUTPUTS["fold_metrics"],
+        report=EVALUATE_OUTPUTS["report"],
+        confusion_matrix=EVALUATE_OUTPUTS["confusion_matrix"],
+        fold_reports=each_fold(EVALUATE_OUTPUTS["fold_report"]),
+        fold_matrices=each_fold(EVALUATE_OUTPUTS["fold_matrix"]),
+        correction_scores=RECIPE_OUTPUTS["correction_scores"],
+        corrections=RECIPE_OUTPUTS["corrections"],
+        review=RECIPE_OUTPUTS["review"],
+        pseudo_report=RECIPE_OUTPUTS["pseudo_report"],
+        pseudo_labels=RECIPE_OUTPUTS["pseudo_labels"],
+        decisions=RECIPE_OUTPUTS["decisions"],
         reason_diversity=reason_diversity_if_needed,
-        submission="results/{variant}/submission.csv",
-        submission_metrics="results/{variant}/submission_metrics.json",
+        submission=RECIPE_OUTPUTS["submission"],
+        submission_metrics=RECIPE_OUTPUTS["submission_metrics"],
         final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),
         fit_metrics=lambda wildcards: retrained_files(
             wildcards.variant, "test_metrics.json"
@@ -84,7 +76,7 @@ rule log_variant_to_mlflow:
         ),
         general_metrics=lambda wildcards: general_ability_metrics(wildcards.variant),
     output:
-        logged="results/{variant}/mlflow_logged.json",
+        logged=EVALUATE_OUTPUTS["logged"],
     log:
         "logs/mlflow/{variant}_metrics.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -99,14 +91,12 @@ rule log_variant_to_mlflow:
 
 rule summarize_ablation:
     input:
-        metrics=expand("results/{variant}/metrics.json", variant=VARIANTS),
-        correction_scores=expand(
-            "results/{variant}/correction_scores.json", variant=VARIANTS
-        ),
+        metrics=expand(EVALUATE_OUTPUTS["metrics"], variant=VARIANTS),
+        correction_scores=expand(RECIPE_OUTPUTS["correction_scores"], variant=VARIANTS),
         final_metrics=[
             path for variant in VARIANTS for path in final_model_metrics(variant)
         ],
-        logged=expand("results/{variant}/mlflow_logged.json", variant=VARIANTS),
+        logged=expand(EVALUATE_OUTPUTS["logged"], variant=VARIANTS),
         general=[
             path for variant in VARIANTS for path in general_ability_metrics(variant)
         ],
@@ -116,19 +106,19 @@ rule summarize_ablation:
             for variant in VARIANTS
             for path in retrained_files(variant, "training_set.json")
         ],
-        experiment="results/mlflow_experiment.json",
-        stages=expand("results/{variant}/accounting/stages.json", variant=VARIANTS),
+        experiment=TRAIN_OUTPUTS["experiment"],
+        stages=expand(ACCOUNTING_OUTPUTS["stages"], variant=VARIANTS),
     output:
-        table="results/summary.csv",
-        markdown="results/summary.md",
-        warnings="results/warnings.txt",
+        table=EVALUATE_OUTPUTS["summary_table"],
+        markdown=EVALUATE_OUTPUTS["summary_markdown"],
+        warnings=EVALUATE_OUTPUTS["warnings"],
         chart=report(
-            "results/summary.png",
+            EVALUATE_OUTPUTS["summary_chart"],
             caption="../report/summary_chart.rst",
             category="Ablation summary",
             labels={"result": "bar chart: weighted F1 per variant and final model"},
         ),
-        run="results/summary_mlflow_run.json",
+        run=EVALUATE_OUTPUTS["summary_run"],
     log:
         "logs/summary/ablation.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.

@@ -4,11 +4,11 @@
 
 rule assign_folds:
     input:
-        records="results/data/train.parquet",
-        groups="results/data/duplicate_groups.csv",
+        records=RECORDS["train"],
+        groups=DUPLICATES_OUTPUTS["groups"],
     output:
-        folds="results/folds/folds.csv",
-        report="results/folds/report.json",
+        folds=FOLDS_OUTPUTS["folds"],
+        report=FOLDS_OUTPUTS["report"],
     log:
         "logs/folds/assign_folds.log",
     conda:

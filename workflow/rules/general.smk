@@ -6,11 +6,11 @@
 
 rule evaluate_general_ability:
     input:
-        model="results/{variant}/{final_model}/model",
+        model=RECIPE_OUTPUTS["final_model"],
         held_out=general_held_out(),
         mixed=general_data(),
     output:
-        metrics="results/{variant}/{final_model}/general_metrics.json",
+        metrics=GENERAL_OUTPUTS["metrics"],
     log:
         "logs/general/{variant}/{final_model}.log",
     benchmark:
@@ -37,7 +37,7 @@ use rule evaluate_general_ability as evaluate_base_general_ability with:
         held_out=general_held_out(),
         mixed=general_data(),
     output:
-        metrics="results/base_model/general_metrics.json",
+        metrics=GENERAL_OUTPUTS["base_metrics"],
     log:
         "logs/general/base_model.log",
     benchmark:

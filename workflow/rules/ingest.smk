@@ -7,9 +7,9 @@ rule ingest_records:
         data=data_file,
         labels=config["labels"],
     output:
-        records="results/data/{split}.parquet",
-        rejected="results/data/{split}_rejected.csv",
-        counts="results/data/{split}_counts.json",
+        records=INGEST_OUTPUTS["records"],
+        rejected=INGEST_OUTPUTS["rejected"],
+        counts=INGEST_OUTPUTS["counts"],
     log:
         "logs/ingest/{split}.log",
     conda:

@@ -5,10 +5,10 @@
 
 rule check_machine:
     input:
-        experiment="results/mlflow_experiment.json",
+        experiment=TRAIN_OUTPUTS["experiment"],
         deepspeed=deepspeed_config(),
     output:
-        machine="results/machine.json",
+        machine=MACHINE_OUTPUTS["machine"],
     # The report is a log too: Snakemake removes a failed job's output, and keeps its logs.
     log:
         log="logs/machine/check_machine.log",

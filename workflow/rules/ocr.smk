@@ -5,9 +5,9 @@
 
 rule ocr_shard:
     input:
-        records=expand("results/data/{split}.parquet", split=SPLITS),
+        records=expand(INGEST_OUTPUTS["records"], split=SPLITS),
     output:
-        text="results/ocr/shard{shard}.parquet",
+        text=OCR_OUTPUTS["shard"],
     log:
         "logs/ocr/shard{shard}.log",
     benchmark:
@@ -27,9 +27,9 @@ rule ocr_shard:
 
 rule merge_ocr:
     input:
-        shards=expand("results/ocr/shard{shard}.parquet", shard=range(OCR_SHARDS)),
+        shards=expand(OCR_OUTPUTS["shard"], shard=range(OCR_SHARDS)),
     output:
-        text="results/ocr/ocr.parquet",
+        text=OCR_OUTPUTS["text"],
     log:
         "logs/ocr/merge.log",
     priority: FOLD_WORK_PRIORITY

@@ -5,15 +5,15 @@
 
 rule build_prompts:
     input:
-        records=expand("results/data/{split}.parquet", split=SPLITS),
+        records=expand(INGEST_OUTPUTS["records"], split=SPLITS),
         ocr=ocr_table_if_needed,
         teacher_reasons=teacher_reasons_if_needed,
         teacher_descriptions=teacher_descriptions_if_needed,
         labels=config["labels"],
     output:
-        prompts="results/{variant}/prompts.parquet",
-        dataset="results/{variant}/llamafactory/train.json",
-        dataset_info="results/{variant}/llamafactory/dataset_info.json",
+        prompts=PROMPTS_OUTPUTS["prompts"],
+        dataset=PROMPTS_OUTPUTS["dataset"],
+        dataset_info=PROMPTS_OUTPUTS["dataset_info"],
     log:
         "logs/prompts/{variant}.log",
     priority: FOLD_WORK_PRIORITY

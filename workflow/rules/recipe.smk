@@ -6,19 +6,19 @@
 
 rule correct_labels:
     input:
-        out_of_fold="results/{variant}/oof_probs.parquet",
-        train_records="results/data/train.parquet",
-        duplicate_conflicts="results/data/label_conflicts.csv",
+        out_of_fold=EVALUATE_OUTPUTS["out_of_fold"],
+        train_records=RECORDS["train"],
+        duplicate_conflicts=DUPLICATES_OUTPUTS["conflicts"],
         ocr=ocr_table_if_needed,
         overrides=override_file,
         truth=truth_file(),
         labels=config["labels"],
     output:
-        corrections="results/{variant}/label_corrections.csv",
-        decisions="results/{variant}/label_decisions.csv",
-        corrected="results/{variant}/train_corrected.parquet",
-        review="results/{variant}/label_review.html",
-        scores="results/{variant}/correction_scores.json",
+        corrections=RECIPE_OUTPUTS["corrections"],
+        decisions=RECIPE_OUTPUTS["decisions"],
+        corrected=RECIPE_OUTPUTS["corrected"],
+        review=RECIPE_OUTPUTS["review"],
+        scores=RECIPE_OUTPUTS["correction_scores"],
     log:
         "logs/correction/{variant}.log",
     priority: FOLD_WORK_PRIORITY
@@ -35,11 +35,11 @@ rule correct_labels:
 
 rule select_pseudo_labels:
     input:
-        test=expand("results/{{variant}}/fold{fold}/test_probs.parquet", fold=FOLDS),
+        test=each_fold(SCORE_OUTPUTS["test"]),
         labels=config["labels"],
     output:
-        pseudo_labels="results/{variant}/pseudo_labels.csv",
-        report="results/{variant}/pseudo_labels.json",
+        pseudo_labels=RECIPE_OUTPUTS["pseudo_labels"],
+        report=RECIPE_OUTPUTS["pseudo_report"],
     log:
         "logs/pseudo/{variant}.log",
     priority: FOLD_WORK_PRIORITY
@@ -58,11 +58,11 @@ rule select_pseudo_labels:
 rule write_submission:
     input:
         test=submission_probabilities,
-        test_records="results/data/test.parquet",
-        test_copies="results/data/test_copies_of_train.csv",
+        test_records=RECORDS["test"],
+        test_copies=DUPLICATES_OUTPUTS["test_copies"],
         labels=config["labels"],
     output:
-        submission="results/{variant}/submission.csv",
+        submission=RECIPE_OUTPUTS["submission"],
     log:
         "logs/submission/{variant}.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -77,9 +77,9 @@ rule write_submission:
 
 rule average_fold_models:
     input:
-        models=expand("results/{{variant}}/fold{fold}/model", fold=FOLDS),
+        models=each_fold(TRAIN_OUTPUTS["model"]),
     output:
-        model=directory("results/{variant}/average_folds/model"),
+        model=directory(RECIPE_OUTPUTS["averaged_model"]),
     log:
         "logs/final/{variant}/average_folds.log",
     benchmark:
@@ -94,11 +94,11 @@ rule average_fold_models:
 
 rule score_final_model:
     input:
-        model="results/{variant}/{final_model}/model",
-        prompts="results/{variant}/prompts.parquet",
+        model=RECIPE_OUTPUTS["final_model"],
+        prompts=PROMPTS_OUTPUTS["prompts"],
         labels=config["labels"],
     output:
-        test="results/{variant}/{final_model}/test_probs.parquet",
+        test=RECIPE_OUTPUTS["final_test"],
     log:
         "logs/final/{variant}/{final_model}_score.log",
     benchmark:
@@ -121,11 +121,11 @@ rule score_final_model:
 
 rule evaluate_final_model:
     input:
-        test="results/{variant}/{final_model}/test_probs.parquet",
+        test=RECIPE_OUTPUTS["final_test"],
         truth=truth_file(),
         reference=no_step_model_test_probs,
     output:
-        metrics="results/{variant}/{final_model}/test_metrics.json",
+        metrics=RECIPE_OUTPUTS["final_metrics"],
     log:
         "logs/final/{variant}/{final_model}_metrics.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -142,7 +142,7 @@ rule evaluate_across_seeds:
         references=no_step_seed_test_probs,
         truth=truth_file(),
     output:
-        metrics="results/{variant}/retrain/{steps}/test_metrics_across_seeds.json",
+        metrics=RECIPE_OUTPUTS["across_seeds"],
     log:
         "logs/final/{variant}/retrain/{steps}/across_seeds.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -155,10 +155,10 @@ rule evaluate_across_seeds:
 
 rule evaluate_submission:
     input:
-        submission="results/{variant}/submission.csv",
+        submission=RECIPE_OUTPUTS["submission"],
         truth=truth_file(),
     output:
-        metrics="results/{variant}/submission_metrics.json",
+        metrics=RECIPE_OUTPUTS["submission_metrics"],
     log:
         "logs/submission/{variant}_metrics.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.

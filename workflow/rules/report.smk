@@ -5,10 +5,10 @@
 
 rule plot_loss_curves:
     input:
-        models=expand("results/{{variant}}/fold{fold}/model", fold=FOLDS),
+        models=each_fold(TRAIN_OUTPUTS["model"]),
     output:
         plot=report(
-            "results/{variant}/loss_curves.png",
+            REPORT_OUTPUTS["loss_curves"],
             caption="../report/loss_curves.rst",
             category="Training",
             subcategory="{variant}",
@@ -28,11 +28,11 @@ rule plot_loss_curves:
 
 rule plot_pseudo_labels:
     input:
-        pseudo_labels="results/{variant}/pseudo_labels.csv",
-        report="results/{variant}/pseudo_labels.json",
+        pseudo_labels=RECIPE_OUTPUTS["pseudo_labels"],
+        report=RECIPE_OUTPUTS["pseudo_report"],
     output:
         plot=report(
-            "results/{variant}/pseudo_labels.png",
+            REPORT_OUTPUTS["pseudo_labels_plot"],
             caption="../report/pseudo_labels.rst",
             category="Pseudo-labels",
             labels={
@@ -40,7 +40,7 @@ rule plot_pseudo_labels:
                 "result": "pseudo-labels per class and confidence",
             },
         ),
-        counts="results/{variant}/pseudo_label_counts.csv",
+        counts=REPORT_OUTPUTS["pseudo_label_counts"],
     log:
         "logs/report/{variant}_pseudo_labels.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -53,10 +53,10 @@ rule plot_pseudo_labels:
 
 rule embed_review_images:
     input:
-        review="results/{variant}/label_review.html",
+        review=RECIPE_OUTPUTS["review"],
     output:
         page=report(
-            "results/{variant}/label_review_embedded.html",
+            REPORT_OUTPUTS["review_page"],
             caption="../report/label_review.rst",
             category="Label correction",
             labels={"variant": "{variant}", "result": "flagged labels to review"},
@@ -73,10 +73,10 @@ rule embed_review_images:
 
 rule write_summary_page:
     input:
-        table="results/summary.csv",
+        table=EVALUATE_OUTPUTS["summary_table"],
     output:
         page=report(
-            "results/summary.html",
+            REPORT_OUTPUTS["summary_page"],
             caption="../report/summary_table.rst",
             category="Ablation summary",
             labels={"result": "table: weighted F1 per variant and final model"},
@@ -93,9 +93,9 @@ rule write_summary_page:
 
 rule write_run_config:
     output:
-        config="results/run_config.yaml",
+        config=REPORT_OUTPUTS["run_config"],
         page=report(
-            "results/run_config.html",
+            REPORT_OUTPUTS["run_config_page"],
             caption="../report/run_config.rst",
             category="Configuration",
             labels={"result": "configuration of this run"},

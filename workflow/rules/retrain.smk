@@ -7,7 +7,7 @@
 rule build_final_training_set:
     input:
         records=final_training_labels,
-        test_records="results/data/test.parquet",
+        test_records=RECORDS["test"],
         pseudo_labels=round_pseudo_labels,
         ocr=ocr_table_if_needed,
         teacher_reasons=teacher_reasons_if_needed,
@@ -15,9 +15,9 @@ rule build_final_training_set:
         general=general_data(),
         labels=config["labels"],
     output:
-        prompts="results/{variant}/retrain/{steps}/seed{seed}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{steps}/seed{seed}/round{round}/general_records.json",
-        report="results/{variant}/retrain/{steps}/seed{seed}/round{round}/training_set.json",
+        prompts=RETRAIN_OUTPUTS["prompts"],
+        general=RETRAIN_OUTPUTS["general"],
+        report=RETRAIN_OUTPUTS["training_set"],
     log:
         "logs/retrain/{variant}/{steps}/seed{seed}/round{round}_training_set.log",
     priority: FINAL_FIT_PRIORITY
@@ -37,17 +37,15 @@ rule build_final_training_set:
 
 rule train_final:
     input:
-        prompts="results/{variant}/retrain/{steps}/seed{seed}/round{round}/train_prompts.parquet",
-        general="results/{variant}/retrain/{steps}/seed{seed}/round{round}/general_records.json",
-        parent_run="results/{variant}/mlflow_run.json",
+        prompts=RETRAIN_OUTPUTS["prompts"],
+        general=RETRAIN_OUTPUTS["general"],
+        parent_run=TRAIN_OUTPUTS["variant_run"],
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
-        model=directory(
-            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/model"
-        ),
-        config="results/{variant}/retrain/{steps}/seed{seed}/round{round}/llamafactory.yaml",
-        run="results/{variant}/retrain/{steps}/seed{seed}/round{round}/mlflow_run.json",
+        model=directory(RETRAIN_OUTPUTS["model"]),
+        config=RETRAIN_OUTPUTS["config"],
+        run=RETRAIN_OUTPUTS["run"],
     log:
         "logs/retrain/{variant}/{steps}/seed{seed}/round{round}.log",
     benchmark:
@@ -68,13 +66,11 @@ rule train_final:
 
 rule select_round_pseudo_labels:
     input:
-        test=[
-            "results/{variant}/retrain/{steps}/seed{seed}/round{round}/test_probs.parquet"
-        ],
+        test=[RETRAIN_OUTPUTS["test"]],
         labels=config["labels"],
     output:
-        pseudo_labels="results/{variant}/retrain/{steps}/seed{seed}/round{round}/pseudo_labels.csv",
-        report="results/{variant}/retrain/{steps}/seed{seed}/round{round}/pseudo_labels.json",
+        pseudo_labels=RETRAIN_OUTPUTS["pseudo_labels"],
+        report=RETRAIN_OUTPUTS["pseudo_report"],
     log:
         "logs/retrain/{variant}/{steps}/seed{seed}/round{round}_pseudo.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.

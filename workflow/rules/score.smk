@@ -6,13 +6,13 @@
 
 rule score_fold:
     input:
-        model="results/{variant}/fold{fold}/model",
-        prompts="results/{variant}/prompts.parquet",
-        folds="results/folds/folds.csv",
+        model=TRAIN_OUTPUTS["model"],
+        prompts=PROMPTS_OUTPUTS["prompts"],
+        folds=FOLDS_OUTPUTS["folds"],
         labels=config["labels"],
     output:
-        out_of_fold="results/{variant}/fold{fold}/oof_probs.parquet",
-        test_shard="results/{variant}/fold{fold}/test_shards/0.parquet",
+        out_of_fold=SCORE_OUTPUTS["out_of_fold"],
+        test_shard=fill(SCORE_OUTPUTS["test_shard"], test_shard=0),
     log:
         "logs/score/{variant}/fold{fold}.log",
     benchmark:
@@ -35,11 +35,11 @@ rule score_fold:
 
 rule score_test_shard:
     input:
-        model="results/{variant}/fold{fold}/model",
-        prompts="results/{variant}/prompts.parquet",
+        model=TRAIN_OUTPUTS["model"],
+        prompts=PROMPTS_OUTPUTS["prompts"],
         labels=config["labels"],
     output:
-        test="results/{variant}/fold{fold}/test_shards/{test_shard}.parquet",
+        test=SCORE_OUTPUTS["test_shard"],
     log:
         "logs/score/{variant}/fold{fold}_test_shard{test_shard}.log",
     benchmark:
@@ -63,13 +63,13 @@ rule score_test_shard:
 
 rule merge_test_shards:
     input:
-        shards=expand(
-            "results/{{variant}}/fold{{fold}}/test_shards/{shard}.parquet",
-            shard=range(config["score"]["shards"]),
-        ),
-        prompts="results/{variant}/prompts.parquet",
+        shards=[
+            fill(SCORE_OUTPUTS["test_shard"], test_shard=shard)
+            for shard in range(config["score"]["shards"])
+        ],
+        prompts=PROMPTS_OUTPUTS["prompts"],
     output:
-        test="results/{variant}/fold{fold}/test_probs.parquet",
+        test=SCORE_OUTPUTS["test"],
     log:
         "logs/score/{variant}/fold{fold}_merge.log",
     priority: FOLD_WORK_PRIORITY

@@ -6,11 +6,11 @@
 
 rule teacher_reasons:
     input:
-        records="results/data/train.parquet",
+        records=RECORDS["train"],
         labels=config["labels"],
     output:
-        reasons="results/{variant}/teacher/reasons.parquet",
-        failures="results/{variant}/teacher/reasons_failed.csv",
+        reasons=TEACHER_OUTPUTS["reasons"],
+        failures=TEACHER_OUTPUTS["reasons_failed"],
     log:
         "logs/teacher/{variant}/reasons.log",
     benchmark:
@@ -28,10 +28,10 @@ rule teacher_reasons:
 
 rule teacher_descriptions:
     input:
-        records=expand("results/data/{split}.parquet", split=SPLITS),
+        records=expand(INGEST_OUTPUTS["records"], split=SPLITS),
     output:
-        descriptions="results/{variant}/teacher/descriptions.parquet",
-        failures="results/{variant}/teacher/descriptions_failed.csv",
+        descriptions=TEACHER_OUTPUTS["descriptions"],
+        failures=TEACHER_OUTPUTS["descriptions_failed"],
     log:
         "logs/teacher/{variant}/descriptions.log",
     benchmark:
@@ -51,9 +51,9 @@ rule teacher_descriptions:
 # actually trains on (the teacher's, or the template's).
 rule reason_diversity:
     input:
-        prompts="results/{variant}/prompts.parquet",
+        prompts=PROMPTS_OUTPUTS["prompts"],
     output:
-        report="results/{variant}/reason_diversity.json",
+        report=TEACHER_OUTPUTS["reason_diversity"],
     log:
         "logs/teacher/{variant}/reason_diversity.log",
     conda:

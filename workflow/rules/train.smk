@@ -6,7 +6,7 @@
 
 rule create_mlflow_experiment:
     output:
-        experiment="results/mlflow_experiment.json",
+        experiment=TRAIN_OUTPUTS["experiment"],
     log:
         "logs/mlflow/create_experiment.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -22,9 +22,9 @@ rule create_mlflow_experiment:
 
 rule start_variant_run:
     input:
-        experiment="results/mlflow_experiment.json",
+        experiment=TRAIN_OUTPUTS["experiment"],
     output:
-        run="results/{variant}/mlflow_run.json",
+        run=TRAIN_OUTPUTS["variant_run"],
     log:
         "logs/mlflow/{variant}.log",
     # Seconds of bookkeeping: on a cluster it runs beside Snakemake, not as a queued job.
@@ -39,15 +39,15 @@ rule start_variant_run:
 
 rule train_fold:
     input:
-        prompts="results/{variant}/prompts.parquet",
-        folds="results/folds/folds.csv",
-        parent_run="results/{variant}/mlflow_run.json",
+        prompts=PROMPTS_OUTPUTS["prompts"],
+        folds=FOLDS_OUTPUTS["folds"],
+        parent_run=TRAIN_OUTPUTS["variant_run"],
         base_model=base_model(),
         deepspeed=deepspeed_config(),
     output:
         model=fold_model_folder(),
-        config="results/{variant}/fold{fold}/llamafactory.yaml",
-        run="results/{variant}/fold{fold}/mlflow_run.json",
+        config=TRAIN_OUTPUTS["config"],
+        run=TRAIN_OUTPUTS["run"],
     log:
         "logs/train/{variant}/fold{fold}.log",
     benchmark:
