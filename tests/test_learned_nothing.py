@@ -28,6 +28,11 @@ def unreadable_run(tmp_path_factory, demo_models) -> tuple:
         demo={"n_train": 24, "n_test": 6, "seed": 11, "image_width": 180, "image_height": 320},
         final={"strategy": "fold_ensemble", "ablation": [], "steps": []},
         train={"keep_fold_models": False},
+        # One test shard: score_fold scores the test records with the held-out ones (merge_test_shards still runs).
+        # Sharded scoring is the end-to-end run's, checked there against unsharded scoring (tests/test_workflow.py,
+        # test_sharded_test_scores_equal_unsharded_scoring); here the memory limit below runs the scoring jobs one at
+        # a time, so two shard jobs were two more model loads in a row.
+        score={"shards": 1},
     )
     demo_models.into(workdir, config)
     run_snakemake(workdir, config, "--cores", "2", "resources/demo/images")
