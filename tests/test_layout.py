@@ -14,6 +14,7 @@ from vlmflow.runtime.layout import (
     ROUND_DIR,
     SCORE_OUTPUTS,
     STAGE_OUTPUTS,
+    file_in,
     fill,
     wildcards,
 )
@@ -77,3 +78,21 @@ def test_the_final_model_wildcard_matches_every_final_model_folder_and_nothing_e
     assert not re.fullmatch(FINAL_MODEL_WILDCARD, "retrain/teacher/seed7/round1")
     assert not re.fullmatch(FINAL_MODEL_WILDCARD, "fold0")
     assert STEP_SETS == ("none", "correction", "pseudo", "correction_pseudo")
+
+
+def test_file_in_places_a_final_models_or_rounds_file_in_the_folder_final_models_names():
+    averaged = final_model_dir("taught", "average_folds", 2)
+    assert file_in(averaged, RECIPE_OUTPUTS["final_test"]) == "results/taught/average_folds/test_probs.parquet"
+    fit = final_model_dir("taught", "retrain_correction_pseudo", 2, 7)
+    assert (
+        file_in(fit, RETRAIN_OUTPUTS["run"]) == "results/taught/retrain/correction_pseudo/seed7/round2/mlflow_run.json"
+    )
+    assert file_in(fit, RETRAIN_OUTPUTS["model"]) == RETRAIN_OUTPUTS["model"].format(
+        variant="taught", steps="correction_pseudo", seed=7, round=2
+    )
+    assert (
+        file_in(retrained_dir("taught", "retrain_none"), RECIPE_OUTPUTS["across_seeds"])
+        == "results/taught/retrain/none/test_metrics_across_seeds.json"
+    )
+    with pytest.raises(ValueError, match="not a file of a final model"):
+        file_in(fit, SCORE_OUTPUTS["test"])

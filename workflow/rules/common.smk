@@ -59,6 +59,7 @@ from vlmflow.runtime.layout import (
     SCORE_OUTPUTS,
     TEACHER_OUTPUTS,
     TRAIN_OUTPUTS,
+    file_in,
     fill,
 )
 
@@ -415,13 +416,15 @@ def no_step_model_test_probs(wildcards):
     folder = final_model_dir(
         wildcards.variant, NO_STEP_MODEL, ROUNDS, FIRST_SEED if seed is None else seed
     )
-    return f"{folder}/test_probs.parquet"
+    return file_in(folder, RECIPE_OUTPUTS["final_test"])
 
 
 def each_seeds_test_probs(variant, name):
     """Test predictions of each seed's fit of a retrained model (the script keys them by final_fit_of)."""
     return [
-        f"{final_model_dir(variant, name, ROUNDS, seed)}/test_probs.parquet"
+        file_in(
+            final_model_dir(variant, name, ROUNDS, seed), RECIPE_OUTPUTS["final_test"]
+        )
         for seed in fit_seeds(variant)
     ]
 
@@ -448,20 +451,24 @@ def final_model_metrics(variant):
     """Test metrics of every final model of a variant but the fold ensemble: the averaged fold model's, and
     each retrained model's across its seeds (scripts key them by final_model_of)."""
     return [
-        f"{final_model_dir(variant, AVERAGE_FOLDS, ROUNDS)}/test_metrics.json",
+        file_in(
+            final_model_dir(variant, AVERAGE_FOLDS, ROUNDS),
+            RECIPE_OUTPUTS["final_metrics"],
+        ),
         *(
-            f"{retrained_dir(variant, name)}/test_metrics_across_seeds.json"
+            file_in(retrained_dir(variant, name), RECIPE_OUTPUTS["across_seeds"])
             for name in retrained_models(variant)
         ),
     ]
 
 
-def retrained_files(variant, name):
-    """A file of each retrained fit (model and seed) of a variant (scripts key them by final_fit_of)."""
+def retrained_files(variant, pattern):
+    """A file (a layout pattern) of each retrained fit (model and seed) of a variant (scripts key them by
+    final_fit_of)."""
     dirs = final_model_dirs(
         variant, retrained_models(variant), ROUNDS, fit_seeds(variant)
     )
-    return [f"{path}/{name}" for path in dirs.values()]
+    return [file_in(path, pattern) for path in dirs.values()]
 
 
 def submission_probabilities(wildcards):
@@ -471,7 +478,7 @@ def submission_probabilities(wildcards):
     if submitted == FOLD_ENSEMBLE:
         return EVALUATE_OUTPUTS["test"].format(variant=wildcards.variant)
     folder = final_model_dir(wildcards.variant, submitted, ROUNDS, FIRST_SEED)
-    return f"{folder}/test_probs.parquet"
+    return file_in(folder, RECIPE_OUTPUTS["final_test"])
 
 
 def final_training_labels(wildcards):
@@ -492,7 +499,7 @@ def round_pseudo_labels(wildcards):
     previous = round_dir(
         wildcards.variant, wildcards.steps, fit_seed(wildcards), round_ - 1
     )
-    return f"{previous}/pseudo_labels.csv"
+    return file_in(previous, RETRAIN_OUTPUTS["pseudo_labels"])
 
 
 def general_data():
@@ -514,7 +521,7 @@ def general_ability_metrics(variant):
     if not general_held_out():
         return []
     dirs = final_model_dirs(variant, final_models(variant), ROUNDS, [FIRST_SEED])
-    return [f"{path}/general_metrics.json" for path in dirs.values()]
+    return [file_in(path, GENERAL_OUTPUTS["metrics"]) for path in dirs.values()]
 
 
 def model_to_load(wildcards, input):

@@ -66,13 +66,13 @@ rule log_variant_to_mlflow:
         submission_metrics=RECIPE_OUTPUTS["submission_metrics"],
         final_metrics=lambda wildcards: final_model_metrics(wildcards.variant),
         fit_metrics=lambda wildcards: retrained_files(
-            wildcards.variant, "test_metrics.json"
+            wildcards.variant, RECIPE_OUTPUTS["final_metrics"]
         ),
         retrained_runs=lambda wildcards: retrained_files(
-            wildcards.variant, "mlflow_run.json"
+            wildcards.variant, RETRAIN_OUTPUTS["run"]
         ),
         training_sets=lambda wildcards: retrained_files(
-            wildcards.variant, "training_set.json"
+            wildcards.variant, RETRAIN_OUTPUTS["training_set"]
         ),
         general_metrics=lambda wildcards: general_ability_metrics(wildcards.variant),
     output:
@@ -104,7 +104,7 @@ rule summarize_ablation:
         training_sets=[
             path
             for variant in VARIANTS
-            for path in retrained_files(variant, "training_set.json")
+            for path in retrained_files(variant, RETRAIN_OUTPUTS["training_set"])
         ],
         experiment=TRAIN_OUTPUTS["experiment"],
         stages=expand(ACCOUNTING_OUTPUTS["stages"], variant=VARIANTS),

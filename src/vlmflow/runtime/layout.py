@@ -4,7 +4,8 @@ The rules take their inputs and outputs from these tables (``output: model=TRAIN
 path is written here once; a new output is a new entry here. A table's keys are the rule's output names where
 they are unique in the stage. ``{variant}``, ``{fold}``, ... are the rules' wildcards: ``fill`` fills some of
 them and leaves the others to Snakemake, ``str.format`` fills them all. Which final models exist and whose a
-final model's path is stay in ``recipe.final_models``, built on the folders below.
+final model's path is stay in ``recipe.final_models``, built on the folders below. It lives in ``runtime``, not
+``recipe``: every stage writes here, from ingestion to the report.
 
 Standard library only: common.smk imports it when Snakemake starts.
 """
@@ -167,3 +168,13 @@ def fill(pattern: str, **values: object) -> str:
     """``pattern`` with the named wildcards filled in and the others left as they are, for Snakemake
     (``expand(..., allow_missing=True)`` for one path): ``fill(FOLD_DIR, fold=0)`` is ``results/{variant}/fold0``."""
     return WILDCARD.sub(lambda match: str(values[match[1]]) if match[1] in values else match[0], pattern)
+
+
+def file_in(folder: str, pattern: str) -> str:
+    """A final model's, a round's or a retrained model's file (a pattern under ``FINAL_MODEL_DIR``, ``ROUND_DIR`` or
+    ``RETRAINED_DIR``) in one such folder, as ``recipe.final_models`` names it: ``file_in("results/b/average_folds",
+    RECIPE_OUTPUTS["final_test"])`` is ``results/b/average_folds/test_probs.parquet``."""
+    for parent in (FINAL_MODEL_DIR, ROUND_DIR, RETRAINED_DIR):  # a round's folder lies in its retrained model's
+        if pattern.startswith(f"{parent}/"):
+            return folder + pattern.removeprefix(parent)
+    raise ValueError(f"{pattern}: not a file of a final model, a round or a retrained model")
