@@ -90,6 +90,21 @@ def test_the_plan_counts_the_dags_gpu_jobs_and_the_disk_of_its_models(tmp_path, 
     assert "8,291,375,616 parameters" in text and "| train_fold | 4 | 4 |" in text and "| total |" in text
 
 
+def test_the_plan_reads_the_configuration_snakemake_resolved(tmp_path, seven_b):
+    """--config on the command line, the configfile in the run's own folder, the schema's defaults: what the
+    Snakefile's parse made of them, not a merge of the files by hand."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(gpu_config(tmp_path, seven_b)), encoding="utf-8")
+    shutil.copytree(REPO / "config", tmp_path / "config", dirs_exist_ok=True)
+    one_variant = 'variants=[{"name": "baseline"}]'
+    plan = make_plan(
+        ["--snakefile", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--config", one_variant], tmp_path
+    )
+    assert [variant["name"] for variant in plan.config["variants"]] == ["baseline"]
+    assert plan.config["train"]["gpus_per_run"] == 4  # the configfile's
+    assert plan.job_counts()["train_fold"] == (1 * 2, 4)  # the jobs the dry run planned, and the config, agree
+    assert plan.config["prompt"]["max_chars"] == 6000  # a schema default
+
+
 def test_removed_fold_models_are_not_counted_as_kept(tmp_path, seven_b):
     plan = plan_in(tmp_path, gpu_config(tmp_path, seven_b, keep_fold_models=False))
     disk = plan.disk_bytes()

@@ -20,6 +20,7 @@ from vlmflow.runtime.memory import (
     job_needs,
     rule_memory,
 )
+from vlmflow.runtime.plan import write_resolved_config
 from vlmflow.tracking.offline import pending_notice, unreachable_notice
 from vlmflow.recipe.final_models import (
     FINAL_MODEL_WILDCARD,
@@ -70,6 +71,8 @@ RECORDS = {split: INGEST_OUTPUTS["records"].format(split=split) for split in SPL
 _no_data = missing_data(config["data"], set(DEMO_DATA.values()))
 if _no_data:
     raise WorkflowError(_no_data)
+# make plan reads the configuration resolved here (the configfiles, --config, the schema's defaults).
+write_resolved_config(config)
 # The base model and its family (template, loader, vision modules): an unsupported one fails here, at start.
 BASE_MODEL, MODEL_FAMILY = resolve_base_model(
     config["model"]["name_or_path"],

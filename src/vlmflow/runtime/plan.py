@@ -16,9 +16,12 @@ Usage: ``python -m vlmflow.runtime.plan [--gpus 4 --gpu-mem-mb 24000 --host-mem-
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +70,23 @@ def planned_jobs(dry_run_output: str) -> list[PlannedJob]:
     return jobs
 
 
+# Where the workflow writes the configuration it resolved (workflow/rules/common.smk), when this is set: the plan
+# reads what Snakemake itself made of the Snakefile's configfile, the command line and the schema's defaults.
+RESOLVED_CONFIG_ENV = "VLMFLOW_RESOLVED_CONFIG"
+
+
+def write_resolved_config(config: dict) -> None:
+    """Write the workflow's ``config`` where $VLMFLOW_RESOLVED_CONFIG says (a parse of the Snakefile; nothing
+    without it)."""
+    path = os.environ.get(RESOLVED_CONFIG_ENV)
+    if path:
+        Path(path).write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+
+
 def load_config(configfiles: list[str | Path], overrides: dict | None = None) -> dict:
-    """The configuration Snakemake would run: config/config.yaml, then each configfile merged over it, the
-    schema's defaults filled in."""
+    """The configuration of the checkout's config/config.yaml, then each configfile merged over it, the schema's
+    defaults filled in, as Snakemake merges them: for code that sizes or checks a run without starting Snakemake
+    (tests, benchmarks). ``make_plan`` reads the configuration Snakemake resolved instead."""
     from snakemake.utils import update_config, validate
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
@@ -359,17 +376,19 @@ def base_model_of(config: dict, workdir: Path) -> str | None:
 
 def make_plan(snakemake_args: list[str], workdir: Path = Path("."), machine: Machine | None = None) -> Plan:
     """The plan of `snakemake <snakemake_args>` run in ``workdir`` on ``machine`` (default: the recipe's)."""
-    configfiles = _option_values(snakemake_args, "--configfile", "--configfiles")
-    dry_run = subprocess.run(
-        [str(Path(sys.executable).parent / "snakemake"), "-n", *snakemake_args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-    if dry_run.returncode != 0:
-        said = (dry_run.stdout + dry_run.stderr)[-3000:]
-        raise RuntimeError(f"snakemake -n {' '.join(snakemake_args)} failed:\n{said}")
-    config = load_config([workdir / path for path in configfiles])
+    with tempfile.TemporaryDirectory() as scratch:
+        resolved = Path(scratch) / "config.json"
+        dry_run = subprocess.run(
+            [str(Path(sys.executable).parent / "snakemake"), "-n", *snakemake_args],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            env={**os.environ, RESOLVED_CONFIG_ENV: str(resolved)},
+        )
+        if dry_run.returncode != 0:
+            said = (dry_run.stdout + dry_run.stderr)[-3000:]
+            raise RuntimeError(f"snakemake -n {' '.join(snakemake_args)} failed:\n{said}")
+        config = json.loads(resolved.read_text(encoding="utf-8"))
     model = base_model_of(config, workdir)
     return Plan(
         jobs=planned_jobs(dry_run.stdout),
@@ -379,17 +398,6 @@ def make_plan(snakemake_args: list[str], workdir: Path = Path("."), machine: Mac
         machine=machine or Machine(),
         labels=len(load_labels(workdir / config["labels"])),
     )
-
-
-def _option_values(args: list[str], *names: str) -> list[str]:
-    """The values after any of ``names`` in a Snakemake command line (an option takes every word after it)."""
-    values, taking = [], False
-    for arg in args:
-        if arg.startswith("-"):
-            taking = arg in names
-        elif taking:
-            values.append(arg)
-    return values
 
 
 def main(argv: list[str]) -> str:
