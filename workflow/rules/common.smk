@@ -29,9 +29,8 @@ from vlmflow.recipe.final_models import (
     final_model_dirs,
     retrained_dir,
     round_dir,
-    training_seeds,
-    ablation_variants,
 )
+from vlmflow.recipe.final_plan import FinalPlan
 from vlmflow.recipe.steps import (
     AVERAGE_FOLDS,
     FOLD_ENSEMBLE,
@@ -142,30 +141,14 @@ def check_declared_machine():
 
 check_declared_machine()
 
-# Final models retrained on step combinations (none, correction, pseudo, correction_pseudo): those the
-# ablation compares, plus the submission's when final.strategy is retrain.
+# Which final models each variant fits, with which seeds, and which one submits (vlmflow.recipe.final_plan).
 ROUNDS = config["pseudo"]["rounds"]
-ABLATION = list(
-    dict.fromkeys(step_set_name(steps) for steps in config["final"]["ablation"])
-)
-SUBMITTED_STEPS = step_set_name(config["final"]["steps"])
-RETRAINED = list(
-    dict.fromkeys(
-        ABLATION
-        + ([SUBMITTED_STEPS] if config["final"]["strategy"] == "retrain" else [])
-    )
-)
-# Final models besides the fold ensemble, by name (their folders: vlmflow.recipe.final_models), and the
-# one the submission comes from.
-RETRAINED_MODELS = [retrained_model_name(steps) for steps in RETRAINED]
-RETRAINED_SUBMISSION = retrained_model_name(SUBMITTED_STEPS)
-SUBMITTED_MODEL = {"retrain": RETRAINED_SUBMISSION}.get(
-    config["final"]["strategy"], config["final"]["strategy"]
-)
-# Each retrained model is fitted once per seed; the first seed's fit makes the submission and is the
-# no-step model the averaged fold model is compared with.
-SEEDS = training_seeds(config["final"]["seeds"], config["train"]["seed"])
-FIRST_SEED = SEEDS[0]
+FINAL = FinalPlan.of(config["final"], list(VARIANTS), config["train"]["seed"])
+FIRST_SEED = FINAL.first_seed
+retrained_models = FINAL.retrained_models_of
+submitted_model = FINAL.submitted_model
+final_models = FINAL.final_models
+fit_seeds = FINAL.fit_seeds
 # Scheduling (Snakemake's priority, higher first; it does not pass to a job's inputs, so every rule on the way
 # carries it): OCR, prompts, the fold models and what the recipe's steps read from them, on which every
 # step-trained final fit waits; then every final fit, so that the long fine-tunes run while there are
@@ -173,43 +156,6 @@ FIRST_SEED = SEEDS[0]
 # end ran alone for two minutes: docs/benchmarks.md).
 FOLD_WORK_PRIORITY = 2
 FINAL_FIT_PRIORITY = 1
-
-
-# The variants whose final models are all of the above; every other variant retrains only the submission's
-# combination, with the first seed (final.ablation_variants).
-ABLATION_VARIANTS = ablation_variants(
-    config["final"]["ablation_variants"], list(VARIANTS)
-)
-
-
-def retrained_models(variant):
-    """The retrained models of a variant: the ablation's and the submission's, the submission's alone, or none
-    (final.other_variants)."""
-    if variant in ABLATION_VARIANTS:
-        return RETRAINED_MODELS
-    submitted = submitted_model(variant)
-    return [submitted] if submitted == RETRAINED_SUBMISSION else []
-
-
-def submitted_model(variant):
-    """The final model a variant's submission comes from: final.strategy's, or the fold ensemble for a variant
-    outside final.ablation_variants when final.other_variants says so."""
-    if (
-        variant not in ABLATION_VARIANTS
-        and config["final"]["other_variants"] == FOLD_ENSEMBLE
-    ):
-        return FOLD_ENSEMBLE
-    return SUBMITTED_MODEL
-
-
-def final_models(variant):
-    """A variant's final models besides the fold ensemble."""
-    return [AVERAGE_FOLDS, *retrained_models(variant)]
-
-
-def fit_seeds(variant):
-    """The seeds each of a variant's retrained models is fitted with."""
-    return SEEDS if variant in ABLATION_VARIANTS else [FIRST_SEED]
 
 
 wildcard_constraints:
