@@ -67,6 +67,7 @@ def write_runs(uri: str, experiment_id: str, parent: str, worker: int) -> None:
         log_results(client, run_id, {f"metric{k}": float(k + worker) for k in range(20)}, [])
 
 
+@pytest.mark.slow  # six processes writing one store (about 18 s): make test, not the daily loop
 def test_parallel_writers_on_one_sqlite_store_lose_no_run(tmp_path):
     uri = absolute_tracking_uri("sqlite:///mlflow.db", tmp_path)
     client = MlflowClient(uri)

@@ -196,6 +196,7 @@ def test_general_answers_trained_through_llamafactory_are_read_back_exactly(tiny
     assert general_metrics(questions, answers)["accuracy"] == 1.0, answers
 
 
+@pytest.mark.slow  # two rule jobs that load a model and generate (about 30 s): make test, not the daily loop
 def test_the_rule_answers_the_demo_held_out_records_and_counts_the_split(tiny_model, tmp_path):
     """evaluate_general_ability on a stand-in final model (the tiny model), and on the untuned base model: no
     fold model trains."""

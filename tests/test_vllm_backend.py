@@ -212,6 +212,7 @@ def test_a_missing_vllm_venv_says_to_install_it(model_dir, prompts, tmp_path) ->
         vllm_tables(model_dir, [prompts], VARIANTS[0], tmp_path / "no-venv" / "bin" / "python")
 
 
+@pytest.mark.slow  # a vLLM process that starts and fails (about 14 s): make test, not the daily loop
 def test_a_failed_vllm_run_names_its_command_and_last_lines(prompts, vllm_python, tmp_path) -> None:
     missing = tmp_path / "no-model"
     with pytest.raises(RuntimeError) as failure:
