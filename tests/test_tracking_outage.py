@@ -102,6 +102,21 @@ def experiment_on(server: str, workdir: Path, experiment: str) -> dict:
     return {"experiment_id": experiment_id, "parent": parent}
 
 
+def track_fold(workdir: Path, fold: int, train, model_dir: Path) -> None:
+    """A fold's fine-tune of variant baseline through the tracked path, its run file fold<k>.json in ``workdir``."""
+    tracked_fine_tune(
+        parent_run=workdir / "parent.json",
+        run_file=workdir / f"fold{fold}.json",
+        model_dir=model_dir,
+        variant="baseline",
+        name=f"fold{fold}",
+        gpus=0,
+        train=train,
+        fold=str(fold),
+        level="fold",
+    )
+
+
 @pytest.mark.slow
 def test_a_server_lost_while_a_fold_trains_gets_every_metric_and_file_once_synced(
     tmp_path, monkeypatch, tracking_server
@@ -121,17 +136,7 @@ def test_a_server_lost_while_a_fold_trains_gets_every_metric_and_file_once_synce
         config.write_text(yaml.safe_dump({"stage": "sft", "learning_rate": 0.001}))
         return config
 
-    tracked_fine_tune(
-        parent_run=tmp_path / "parent.json",
-        run_file=tmp_path / "fold0.json",
-        model_dir=model_dir,
-        variant="baseline",
-        name="fold0",
-        gpus=0,
-        train=train,
-        fold="0",
-        level="fold",
-    )
+    track_fold(tmp_path, 0, train, model_dir)
     # The job finished; its run is named and waiting.
     run_id = json.loads((tmp_path / "fold0.json").read_text())["run_id"]
     (marker,) = (tmp_path / "results/mlflow-pending").glob("*.json")
@@ -223,17 +228,7 @@ def test_a_fold_starting_while_the_server_is_down_gets_its_run_under_the_parent_
         return config
 
     run_file = tmp_path / "fold1.json"
-    tracked_fine_tune(
-        parent_run=tmp_path / "parent.json",
-        run_file=run_file,
-        model_dir=tmp_path / "model",
-        variant="baseline",
-        name="fold1",
-        gpus=0,
-        train=train,
-        fold="1",
-        level="fold",
-    )
+    track_fold(tmp_path, 1, train, tmp_path / "model")
     assert json.loads(run_file.read_text())["run_id"] is None  # no server run yet
     with pytest.raises(ValueError, match="fold1.json: this fine-tune's MLflow run waits in the local store"):
         child_run_id(run_file)
