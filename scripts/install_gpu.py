@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 # One home for the driver each CUDA major version needs, and for reading nvidia-smi: the machine check's.
-from vlmflow.runtime.machine import MINIMUM_DRIVER, VLLM_PLATFORM_CODE, _driver_problems, probe_gpus  # noqa: E402
+from vlmflow.runtime.machine import MINIMUM_DRIVER, VLLM_PLATFORM_CODE, driver_problems, probe_gpus  # noqa: E402
 
 REQUIREMENTS = REPO / "requirements"
 # PyTorch's own index of each CUDA build (PyPI carries one build per torch release, the newest CUDA's).
@@ -123,7 +123,7 @@ def _major_minor(version: str) -> str:
 
 def check_driver(driver: str, build: TorchBuild) -> None:
     """Stop when ``driver`` is too old for ``build``, naming the torch build that runs on it or the driver to get."""
-    problems = _driver_problems(driver, build.cuda, build.version)
+    problems = driver_problems(driver, build.cuda, build.version)
     if not problems:
         return
     newest = max(MINIMUM_DRIVER, key=int)
@@ -143,7 +143,7 @@ def check_driver(driver: str, build: TorchBuild) -> None:
 
 
 def _driver_runs(driver: str, cuda_major: int) -> bool:
-    return not _driver_problems(driver, f"{cuda_major}.0", "")
+    return not driver_problems(driver, f"{cuda_major}.0", "")
 
 
 def cuda_of_driver(driver: str) -> str:
@@ -286,7 +286,7 @@ def vllm_nodeps() -> list[str]:
 def vllm_driver_problem(driver: str) -> str | None:
     """Why the vLLM venv cannot run on ``driver``: vLLM's PyPI build runs on PyPI's torch of the CUDA vllm.txt pins."""
     cuda = _major_minor(pinned_version(REQUIREMENTS / "vllm.txt", "cuda-toolkit"))
-    problems = _driver_problems(driver, cuda, f"{pinned_version(REQUIREMENTS / 'vllm-torch.txt', 'torch')} (vLLM's)")
+    problems = driver_problems(driver, cuda, f"{pinned_version(REQUIREMENTS / 'vllm-torch.txt', 'torch')} (vLLM's)")
     # The table's own fix names the workflow's torch; vLLM's torch comes with vLLM, so only the driver helps here.
     return problems[0].split(" Fix: ")[0] if problems else None
 

@@ -154,7 +154,7 @@ def check_machine(needs: dict, machine: MachineFacts, request: MachineRequest) -
             "pins (PyPI's default wheel): `make install`."
         )
     elif machine.driver is not None:
-        problems += _driver_problems(machine.driver, machine.torch_cuda, machine.torch)
+        problems += driver_problems(machine.driver, machine.torch_cuda, machine.torch)
     if machine.nvidia_smi_error is None:
         job_gpus = max(fine_tune["gpus"], scoring["gpus"])
         if job_gpus > gpus:
@@ -210,7 +210,9 @@ def check_machine(needs: dict, machine: MachineFacts, request: MachineRequest) -
     return MachineReport(status, request, machine, needs, problems, fits)
 
 
-def _driver_problems(driver: str, cuda: str, torch: str | None) -> list[str]:
+def driver_problems(driver: str, cuda: str, torch: str | None) -> list[str]:
+    """Why a torch built for CUDA ``cuda`` cannot run on NVIDIA driver ``driver`` (NVIDIA's minimum per major version,
+    MINIMUM_DRIVER), with the fix; [] when it can. The machine check and scripts/install_gpu.py both ask it."""
     major = int(cuda.split(".")[0])
     minimum = MINIMUM_DRIVER.get(major)
     if minimum is None or _version(driver) >= _version(minimum):
